@@ -1,0 +1,20 @@
+# svdzip._C: TORCH_LIBRARY schemas + CPU impls (+ CUDA when built) + a tiny pybind11 module.
+find_package(Python REQUIRED COMPONENTS Interpreter Development.Module)
+execute_process(COMMAND ${Python_EXECUTABLE} -c "import torch, sys; sys.stdout.write(torch.utils.cmake_prefix_path)"
+                OUTPUT_VARIABLE _torch_prefix RESULT_VARIABLE _rc)
+if(NOT _rc EQUAL 0)
+  message(FATAL_ERROR "svdzip: `import torch` failed in ${Python_EXECUTABLE}; install torch first "
+                      "and build with --no-build-isolation (see README)")
+endif()
+execute_process(COMMAND ${Python_EXECUTABLE} -m pybind11 --cmakedir OUTPUT_VARIABLE _pybind_dir
+                OUTPUT_STRIP_TRAILING_WHITESPACE)
+list(APPEND CMAKE_PREFIX_PATH "${_torch_prefix}" "${_pybind_dir}")
+find_package(Torch REQUIRED)
+find_package(pybind11 CONFIG REQUIRED)
+
+Python_add_library(_C MODULE WITH_SOABI
+  csrc/torch/schemas.cpp csrc/torch/cpu_ops.cpp csrc/torch/module.cpp)
+target_link_libraries(_C PRIVATE svdzip_core torch pybind11::headers)
+target_compile_definitions(_C PRIVATE
+  SVDZIP_TORCH_VERSION="${Torch_VERSION}" SVDZIP_WITH_CUDA=${SVDZIP_WITH_CUDA})
+install(TARGETS _C LIBRARY DESTINATION svdzip)

@@ -1,0 +1,68 @@
+// Truncated SVD of a batch of row-major matrices with LAPACK gesdd.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "blas.h"
+
+namespace svdzip::core {
+
+namespace detail {
+template <typename T>
+void check_finite(const T* p, index_t rows, index_t cols, index_t ld, const char* what) {
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < cols; ++j)
+      if (!std::isfinite(p[i * ld + j]))
+        throw Error(std::string(what) + " has a non-finite value " +
+                    std::to_string(double(p[i * ld + j])) + " at (" + std::to_string(i) + ", " +
+                    std::to_string(j) + ")");
+}
+template void check_finite<float>(const float*, index_t, index_t, index_t, const char*);
+template void check_finite<double>(const double*, index_t, index_t, index_t, const char*);
+}  // namespace detail
+
+template <typename T>
+void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* u, T* s, T* vh) {
+  const index_t mn = std::min(m, n);
+  if (batch < 0 || m <= 0 || n <= 0)
+    throw Error("batched_svd: bad shape batch=" + std::to_string(batch) +
+                " m=" + std::to_string(m) + " n=" + std::to_string(n));
+  if (k < 1 || k > mn)
+    throw Error("batched_svd: rank k = " + std::to_string(k) + " must be in [1, min(m, n) = " +
+                std::to_string(mn) + "]");
+  // The row-major m x n matrix is the column-major n x m matrix a^T = V S U^T, so LAPACK's
+  // left vectors are our right ones and vice versa: both copy out without transposing.
+  const int M = detail::to_int(n, "n"), N = detail::to_int(m, "m"), K = static_cast<int>(mn);
+  std::vector<T> work_a(static_cast<size_t>(m * n)), lu(static_cast<size_t>(n * mn)),
+      lvt(static_cast<size_t>(mn * m)), ls(static_cast<size_t>(mn));
+  std::vector<int> iwork(static_cast<size_t>(8 * mn));
+  int info = 0, lwork = -1;
+  T query;
+  detail::gesdd("S", M, N, work_a.data(), M, ls.data(), lu.data(), M, lvt.data(), K, &query, lwork,
+                iwork.data(), &info);
+  lwork = static_cast<int>(query) + 1;
+  std::vector<T> work(static_cast<size_t>(lwork));
+  for (index_t b = 0; b < batch; ++b) {
+    const T* ab = a + b * m * n;
+    detail::check_finite(ab, m, n, n, "batched_svd input");
+    std::memcpy(work_a.data(), ab, sizeof(T) * m * n);
+    detail::gesdd("S", M, N, work_a.data(), M, ls.data(), lu.data(), M, lvt.data(), K, work.data(),
+                  lwork, iwork.data(), &info);
+    if (info != 0)
+      throw Error("batched_svd: gesdd failed on matrix " + std::to_string(b) + " (info = " +
+                  std::to_string(info) + (info > 0 ? ", did not converge)" : ", bad argument)"));
+    T* ub = u + b * m * k;
+    for (index_t i = 0; i < m; ++i)  // u[i][j] = lvt(j, i) = lvt[j + i * mn]
+      std::memcpy(ub + i * k, lvt.data() + i * mn, sizeof(T) * k);
+    std::memcpy(s + b * k, ls.data(), sizeof(T) * k);
+    std::memcpy(vh + b * k * n, lu.data(), sizeof(T) * k * n);  // vh[j][i] = lu(i, j)
+  }
+}
+
+template void batched_svd<float>(const float*, index_t, index_t, index_t, index_t, float*, float*,
+                                 float*);
+template void batched_svd<double>(const double*, index_t, index_t, index_t, index_t, double*,
+                                  double*, double*);
+
+}  // namespace svdzip::core
