@@ -1,0 +1,42 @@
+"""Command line: `svdzip env`, `svdzip demo` (more subcommands register in _COMMANDS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from . import env
+
+    r = env.report()
+    print(json.dumps(r, indent=2) if args.json else env.format_report(r))
+    return 0 if all(e < 1e-8 for e in r["self_check_max_error"].values()) else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.main(seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="svdzip", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("env", help="versions, build flags, loaded kernels and a self-check")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.set_defaults(func=_cmd_env)
+    d = sub.add_parser("demo", help="compress one synthetic layer with plain SVD vs whitened SVD")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Typed entry points to svdzip's numerics.
+
+Each function runs the native op (torch.ops.svdzip.*) when the extension is loaded and
+has a kernel for the tensor's device and dtype, and the pure-torch reference otherwise.
+Fake kernels registered here let the native ops run under torch.compile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _native, _reference
+
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def _use_native(op: str, t: torch.Tensor, any_dtype: bool = False) -> bool:
+    return (any_dtype or t.dtype in _NATIVE_DTYPES) and _native.has_kernel(op, t.device)
+
+
+def gram_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """acc (n, n) += alpha * xᵀx over all rows of x (..., n). Returns acc."""
+    if _use_native("gram_accumulate_", acc):
+        torch.ops.svdzip.gram_accumulate_(acc, x, alpha)
+    else:
+        _reference.gram_accumulate_(acc, x, alpha)
+    return acc
+
+
+def abs_mean_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """acc (n) += alpha * Σ_rows |x|; with alpha = 1/tokens this is ASVD's mean |x|."""
+    if _use_native("abs_mean_accumulate_", acc):
+        torch.ops.svdzip.abs_mean_accumulate_(acc, x, alpha)
+    else:
+        _reference.abs_mean_accumulate_(acc, x, alpha)
+    return acc
+
+
+def abs_max_accumulate_(acc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """acc (n) = max(acc, max_rows |x|)."""
+    if _use_native("abs_max_accumulate_", acc):
+        torch.ops.svdzip.abs_max_accumulate_(acc, x)
+    else:
+        _reference.abs_max_accumulate_(acc, x)
+    return acc
+
+
+def batched_svd(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank-k truncated SVD of A (..., m, n) -> U (..., m, k), S (..., k), Vh (..., k, n)."""
+    if _use_native("batched_svd", A):
+        return torch.ops.svdzip.batched_svd(A, k)
+    return _reference.batched_svd(A, k)
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """A factor F with F Fᵀ ≈ G and how it was obtained."""
+
+    factor: torch.Tensor
+    path: str        # "cholesky", "cholesky+jitter" or "eigen"
+    shift: float     # diagonal jitter added, or the eigenvalue floor
+    clamped: int     # eigenvalues raised to the floor (eigen path)
+
+    @property
+    def triangular(self) -> bool:
+        return self.path != "eigen"
+
+
+def whitening_factor(G: torch.Tensor, jitter: float = 1e-6) -> Whitening:
+    """Cholesky of a Gram, with growing jitter, then a clamped-eigen fallback; never NaN."""
+    if _use_native("whitening_factor", G):
+        F, info = torch.ops.svdzip.whitening_factor(G, jitter)
+    else:
+        F, info = _reference.whitening_factor(G, jitter)
+    path, shift, clamped = info.tolist()
+    return Whitening(F, _reference.PATHS[int(path)], float(shift), int(clamped))
+
+
+def lowrank_linear(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = (x Bᵀ) Aᵀ + bias without forming W = A B."""
+    if _use_native("lowrank_linear", x) and A.dtype == B.dtype == x.dtype:
+        return torch.ops.svdzip.lowrank_linear(x, A, B, bias)
+    return _reference.lowrank_linear(x, A, B, bias)
+
+
+def _register_fakes() -> None:
+    """Shape functions for torch.compile / FakeTensor; only when the schemas exist."""
+
+    @torch.library.register_fake("svdzip::gram_accumulate_")
+    def _gram(acc, x, alpha=1.0):
+        torch._check(acc.dim() == 2 and acc.shape[0] == x.shape[-1] == acc.shape[1],
+                     lambda: f"gram_accumulate_: acc {tuple(acc.shape)} vs x {tuple(x.shape)}")
+
+    @torch.library.register_fake("svdzip::abs_mean_accumulate_")
+    def _abs_mean(acc, x, alpha=1.0):
+        torch._check(acc.shape[0] == x.shape[-1], lambda: "abs_mean_accumulate_: shape mismatch")
+
+    @torch.library.register_fake("svdzip::abs_max_accumulate_")
+    def _abs_max(acc, x):
+        torch._check(acc.shape[0] == x.shape[-1], lambda: "abs_max_accumulate_: shape mismatch")
+
+    @torch.library.register_fake("svdzip::batched_svd")
+    def _svd(A, k):
+        torch._check(A.dim() >= 2, lambda: f"batched_svd: A must be >= 2-D, got {A.dim()}")
+        *batch, m, n = A.shape
+        torch._check(1 <= k <= min(m, n), lambda: f"batched_svd: k = {k} out of range")
+        return A.new_empty(*batch, m, k), A.new_empty(*batch, k), A.new_empty(*batch, k, n)
+
+    @torch.library.register_fake("svdzip::whitening_factor")
+    def _whiten(G, jitter=1e-6):
+        torch._check(G.dim() == 2 and G.shape[0] == G.shape[1], lambda: "G must be square")
+        return G.new_empty(G.shape), G.new_empty(3, dtype=torch.float64)
+
+    @torch.library.register_fake("svdzip::lowrank_linear")
+    def _lowrank(x, A, B, bias=None):
+        torch._check(A.shape[1] == B.shape[0] and x.shape[-1] == B.shape[1],
+                     lambda: "lowrank_linear: shape mismatch")
+        return x.new_empty(*x.shape[:-1], A.shape[0])
+
+
+if _native.native() is not None:
+    _register_fakes()
