@@ -89,8 +89,8 @@ void abs_max_accumulate(Acc* acc, const T* x, index_t rows, index_t n, index_t l
     const T* row = x + i * ldx;
     for (index_t j = 0; j < n; ++j) {
       const Acc v = static_cast<Acc>(std::abs(row[j]));
-      // NaN must propagate (so the pipeline can name the module), and std::max drops it.
-      if (!(v <= acc[j])) acc[j] = v;
+      // NaN must propagate and stick (so the pipeline can name the module); std::max drops it.
+      if (std::isnan(v) || v > acc[j]) acc[j] = v;
     }
   }
 }

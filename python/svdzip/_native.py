@@ -15,6 +15,7 @@ import torch
 _module = None
 _reason: str | None = None
 _loaded = False
+_kernels: dict[tuple[str, str], bool] = {}  # (op, device type) -> native kernel registered
 
 
 def _load() -> None:
@@ -35,6 +36,12 @@ def _load() -> None:
                    "running; rebuild with scripts/setup.sh")
         return
     _module = _C
+    # Queried once here: a dict lookup later is cheap and traceable by torch.compile.
+    for op in torch._C._dispatch_get_all_op_names():
+        if op.startswith("svdzip::"):
+            for dev, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+                _kernels[(op[len("svdzip::"):], dev)] = \
+                    torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
 
 
 def native():
@@ -54,7 +61,4 @@ def reason() -> str | None:
 
 def has_kernel(op: str, device: torch.device) -> bool:
     """Whether torch.ops.svdzip.<op> has a native kernel for this device type."""
-    if native() is None:
-        return False
-    key = "CUDA" if device.type == "cuda" else "CPU" if device.type == "cpu" else None
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"svdzip::{op}", key)
+    return _kernels.get((op, device.type), False)
