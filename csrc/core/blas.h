@@ -19,6 +19,12 @@ void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
             const double* beta, double* c, const int* ldc);
+void sgemv_(const char* t, const int* m, const int* n, const float* alpha, const float* a,
+            const int* lda, const float* x, const int* incx, const float* beta, float* y,
+            const int* incy);
+void dgemv_(const char* t, const int* m, const int* n, const double* alpha, const double* a,
+            const int* lda, const double* x, const int* incx, const double* beta, double* y,
+            const int* incy);
 void sgesdd_(const char* jobz, const int* m, const int* n, float* a, const int* lda, float* s,
              float* u, const int* ldu, float* vt, const int* ldvt, float* work, const int* lwork,
              int* iwork, int* info);
@@ -59,6 +65,16 @@ inline void gemm(const char* ta, const char* tb, int m, int n, int k, double alp
                  const double* a, int lda, const double* b, int ldb, double beta, double* c,
                  int ldc) {
   dgemm_(ta, tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void gemv(const char* t, int m, int n, float alpha, const float* a, int lda,
+                 const float* x, float beta, float* y) {
+  const int one = 1;
+  sgemv_(t, &m, &n, &alpha, a, &lda, x, &one, &beta, y, &one);
+}
+inline void gemv(const char* t, int m, int n, double alpha, const double* a, int lda,
+                 const double* x, double beta, double* y) {
+  const int one = 1;
+  dgemv_(t, &m, &n, &alpha, a, &lda, x, &one, &beta, y, &one);
 }
 inline void gesdd(const char* jobz, int m, int n, float* a, int lda, float* s, float* u, int ldu,
                   float* vt, int ldvt, float* work, int lwork, int* iwork, int* info) {

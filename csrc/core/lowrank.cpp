@@ -18,12 +18,17 @@ void lowrank_linear(const T* x, index_t rows, index_t n, index_t ldx, const T* a
             M = detail::to_int(m, "m"), K = detail::to_int(k, "k"), LDX = detail::to_int(ldx, "ldx");
   // Column-major views: x is x^T (n x rows), B is B^T (n x k), A is A^T (k x m).
   // tmp^T (k x rows) = B x^T, then y^T (m x rows) = A tmp^T (+ bias broadcast per column).
-  detail::gemm("T", "N", K, R, N, T(1), b, N, x, LDX, T(0), tmp, K);
   T beta = T(0);
   if (bias != nullptr) {
     for (index_t r = 0; r < rows; ++r) std::copy(bias, bias + m, y + r * m);
     beta = T(1);
   }
+  if (rows == 1) {  // decode: GEMV is memory-bound and OpenBLAS's 1-column GEMM is not
+    detail::gemv("T", N, K, T(1), b, N, x, T(0), tmp);
+    detail::gemv("T", K, M, T(1), a, K, tmp, beta, y);
+    return;
+  }
+  detail::gemm("T", "N", K, R, N, T(1), b, N, x, LDX, T(0), tmp, K);
   detail::gemm("T", "N", M, R, K, T(1), a, K, tmp, K, beta, y, M);
 }
 

@@ -31,11 +31,15 @@ void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* 
   if (k < 1 || k > mn)
     throw Error("batched_svd: rank k = " + std::to_string(k) + " must be in [1, min(m, n) = " +
                 std::to_string(mn) + "]");
-  // The row-major m x n matrix is the column-major n x m matrix a^T = V S U^T, so LAPACK's
-  // left vectors are our right ones and vice versa: both copy out without transposing.
-  const int M = detail::to_int(n, "n"), N = detail::to_int(m, "m"), K = static_cast<int>(mn);
-  std::vector<T> work_a(static_cast<size_t>(m * n)), lu(static_cast<size_t>(n * mn)),
-      lvt(static_cast<size_t>(mn * m)), ls(static_cast<size_t>(mn));
+  // gesdd is markedly faster on tall column-major input (QR first) than on wide (LQ), so
+  // LAPACK always gets the tall orientation: the row-major m x n buffer is already the
+  // column-major n x m matrix a^T = V S U^T when n >= m; when m > n we transpose on copy.
+  const bool tall = m > n;
+  const index_t rows = tall ? m : n, cols = tall ? n : m;  // what LAPACK sees, rows >= cols
+  const int M = detail::to_int(rows, "rows"), N = detail::to_int(cols, "cols"),
+            K = static_cast<int>(mn);
+  std::vector<T> work_a(static_cast<size_t>(m * n)), lu(static_cast<size_t>(rows * mn)),
+      lvt(static_cast<size_t>(mn * cols)), ls(static_cast<size_t>(mn));
   std::vector<int> iwork(static_cast<size_t>(8 * mn));
   int info = 0, lwork = -1;
   T query;
@@ -46,17 +50,29 @@ void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* 
   for (index_t b = 0; b < batch; ++b) {
     const T* ab = a + b * m * n;
     detail::check_finite(ab, m, n, n, "batched_svd input");
-    std::memcpy(work_a.data(), ab, sizeof(T) * m * n);
+    if (tall) {
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < n; ++j) work_a[i + j * m] = ab[i * n + j];
+    } else {
+      std::memcpy(work_a.data(), ab, sizeof(T) * m * n);
+    }
     detail::gesdd("S", M, N, work_a.data(), M, ls.data(), lu.data(), M, lvt.data(), K, work.data(),
                   lwork, iwork.data(), &info);
     if (info != 0)
       throw Error("batched_svd: gesdd failed on matrix " + std::to_string(b) + " (info = " +
                   std::to_string(info) + (info > 0 ? ", did not converge)" : ", bad argument)"));
     T* ub = u + b * m * k;
-    for (index_t i = 0; i < m; ++i)  // u[i][j] = lvt(j, i) = lvt[j + i * mn]
-      std::memcpy(ub + i * k, lvt.data() + i * mn, sizeof(T) * k);
+    T* vb = vh + b * k * n;
     std::memcpy(s + b * k, ls.data(), sizeof(T) * k);
-    std::memcpy(vh + b * k * n, lu.data(), sizeof(T) * k * n);  // vh[j][i] = lu(i, j)
+    if (tall) {  // a = lu S lvt in column-major: transpose both factors out
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < k; ++j) ub[i * k + j] = lu[i + j * m];
+      for (index_t j = 0; j < k; ++j)
+        for (index_t i = 0; i < n; ++i) vb[j * n + i] = lvt[j + i * mn];
+    } else {  // a^T = lu S lvt: u[i][j] = lvt(j, i), vh[j][i] = lu(i, j), both contiguous
+      for (index_t i = 0; i < m; ++i) std::memcpy(ub + i * k, lvt.data() + i * mn, sizeof(T) * k);
+      std::memcpy(vb, lu.data(), sizeof(T) * k * n);
+    }
   }
 }
 

@@ -1,0 +1,48 @@
+"""Shared benchmark helpers: median timing with warm-up, machine record, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def median_time(fn, repeats: int = 7, warmup: int = 2, device: str = "cpu") -> float:
+    """Median wall seconds of fn() over `repeats` runs after `warmup` runs."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine(device: str = "cpu") -> dict:
+    import svdzip
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "svdzip": svdzip.__version__, "native": svdzip.native_available(),
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+    return path
