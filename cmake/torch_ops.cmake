@@ -13,7 +13,7 @@ find_package(Torch REQUIRED)
 find_package(pybind11 CONFIG REQUIRED)
 
 Python_add_library(_C MODULE WITH_SOABI
-  csrc/torch/schemas.cpp csrc/torch/cpu_ops.cpp csrc/torch/module.cpp)
+  csrc/torch/schemas.cpp csrc/torch/cpu_ops.cpp csrc/torch/cpu_gemm_ops.cpp csrc/torch/module.cpp)
 target_link_libraries(_C PRIVATE svdzip_core torch pybind11::headers)
 target_compile_definitions(_C PRIVATE
   SVDZIP_TORCH_VERSION="${Torch_VERSION}" SVDZIP_WITH_CUDA=${SVDZIP_WITH_CUDA})

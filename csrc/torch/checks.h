@@ -29,4 +29,26 @@ void call_core(const char* op, F&& f) {
   }
 }
 
+// Activations arrive in any float dtype and shape (..., n); stats use fp32 or wider rows.
+inline at::Tensor as_rows(const at::Tensor& x, int64_t n, at::ScalarType min_type) {
+  at::Tensor r = x.reshape({-1, n});
+  if (r.scalar_type() != at::kDouble && r.scalar_type() != min_type) r = r.to(min_type);
+  return r.contiguous();
+}
+
+// Shared checks of the statistics ops: acc is (n) or (n, n) matching x's last dim.
+inline void check_stat_args(const at::Tensor& acc, const at::Tensor& x, const char* op,
+                            int acc_dim) {
+  TORCH_CHECK_TYPE(x.is_floating_point(), op, ": x must be floating point, got ", x.scalar_type());
+  check_float_dtype(acc, op, "acc");
+  check_same_device(acc, x, op);
+  TORCH_CHECK_VALUE(acc.is_contiguous(), op, ": acc must be contiguous");
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least 1 dim, got ", x.dim());
+  const auto n = x.size(-1);
+  TORCH_CHECK_VALUE(acc.dim() == acc_dim && acc.size(0) == n && (acc_dim == 1 || acc.size(1) == n),
+                    op, ": acc shape ", acc.sizes(), " does not match x's last dim ", n);
+  TORCH_CHECK_TYPE(!(acc.scalar_type() == at::kFloat && x.scalar_type() == at::kDouble), op,
+                   ": float64 x into a float32 acc would lose precision");
+}
+
 }  // namespace svdzip::torch_ops

@@ -1,4 +1,5 @@
-"""svdzip: low-rank compression of language-model linear layers (SVD, ASVD, SVD-LLM, NSVD, ...).
+"""svdzip: low-rank compression of language-model linear layers (SVD, FWSVD, ASVD, SVD-LLM,
+NSVD, ResSVD) with a native C++/CUDA core.
 
 `ratio` everywhere is the fraction of targeted parameters that is KEPT (0.8 = the papers'
 "20% compression").
@@ -6,6 +7,11 @@
 
 from . import ops
 from ._native import native as _native_module
+from .api import compress
+from .config import (ASVDConfig, CompressConfig, FWSVDConfig, NSVDConfig, ResSVDConfig,
+                     SVDConfig, SVDLLMConfig)
+from .data import calibration_batches
+from .nn import LowRankLinear
 
 __version__ = "0.1.0"
 
@@ -15,4 +21,16 @@ def native_available() -> bool:
     return _native_module() is not None
 
 
-__all__ = ["ops", "native_available", "__version__"]
+def save_compressed(*args, **kwargs):
+    from .io import save_compressed as f
+    return f(*args, **kwargs)
+
+
+def load_compressed(*args, **kwargs):
+    from .io import load_compressed as f
+    return f(*args, **kwargs)
+
+
+__all__ = ["ops", "compress", "calibration_batches", "save_compressed", "load_compressed",
+           "LowRankLinear", "CompressConfig", "SVDConfig", "FWSVDConfig", "ASVDConfig",
+           "SVDLLMConfig", "NSVDConfig", "ResSVDConfig", "native_available", "__version__"]

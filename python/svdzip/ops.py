@@ -81,7 +81,9 @@ def whitening_factor(G: torch.Tensor, jitter: float = 1e-6) -> Whitening:
 def lowrank_linear(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = (x Bᵀ) Aᵀ + bias without forming W = A B."""
-    if _use_native("lowrank_linear", x) and A.dtype == B.dtype == x.dtype:
+    # The native op has no backward: training through the layer takes the torch path.
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or A.requires_grad or B.requires_grad)
+    if not needs_grad and _use_native("lowrank_linear", x) and A.dtype == B.dtype == x.dtype:
         return torch.ops.svdzip.lowrank_linear(x, A, B, bias)
     return _reference.lowrank_linear(x, A, B, bias)
 

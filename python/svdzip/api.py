@@ -1,0 +1,144 @@
+"""compress(model, config, calibration) -> Report: the whole job, in place."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from . import methods, rank
+from .calibration.collector import StatsCollector
+from .calibration.fisher import row_fisher
+from .config import CompressConfig
+from .nn import LowRankLinear
+from .pipeline import replay
+from .pipeline.walk import Target, find_targets
+from .report import ModuleReport, Report
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _check_weights(targets: list[Target]) -> None:
+    for t in targets:
+        w = t.module.weight
+        if not torch.isfinite(w).all():
+            bad = w[~torch.isfinite(w)].flatten()[0].item()
+            raise FloatingPointError(f"{t.name}: weight contains {bad}; refusing to compress")
+
+
+def _out_error(W: torch.Tensor, D: torch.Tensor, gram: torch.Tensor | None) -> float | None:
+    if gram is None:
+        return None
+    G = gram.double()
+    num = torch.einsum("ij,jk,ik->", D, G, D)
+    den = torch.einsum("ij,jk,ik->", W, G, W)
+    return float((num.clamp_min(0) / den).sqrt()) if den > 0 else None
+
+
+def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> None:
+    """Decompose each target with its (shared) prepared statistics and swap it in."""
+    prepared: dict[str, object] = {}
+    for t in targets:
+        t0 = time.perf_counter()
+        st = stats.get(t.name, {})
+        key = st.get("leader", t.name)
+        if key not in prepared:
+            prepared[key] = method.prepare(st, cfg)
+        m, n = t.shape
+        k = rank.rank_for_ratio(m, n, t.ratio)
+        W = t.module.weight.detach().double()
+        A, B = method.decompose(W, prepared[key], k, cfg)
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+            raise FloatingPointError(f"{t.name}: {cfg.method} produced non-finite factors at rank {k}")
+        D = W - A @ B
+        new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=t.module.weight.dtype)
+        setattr(t.parent, t.attr, new)
+        notes = dict(getattr(prepared[key], "notes", None) or
+                     (prepared[key][0].notes if isinstance(prepared[key], tuple) else {}))
+        report.modules.append(ModuleReport(
+            t.name, (m, n), k, m * n + (0 if t.module.bias is None else m),
+            rank.lowrank_params(m, n, k) + (0 if t.module.bias is None else m),
+            float(D.norm() / W.norm()), _out_error(W, D, st.get("gram")), notes,
+            time.perf_counter() - t0))
+
+
+def _by_block(targets: list[Target]) -> dict[int, list[Target]]:
+    out: dict[int, list[Target]] = {}
+    for t in targets:
+        out.setdefault(t.block, []).append(t)
+    return out
+
+
+@torch.no_grad()
+def _collect(model, targets, batches, kinds, progress) -> dict:
+    with StatsCollector({t.name: t.module for t in targets}, kinds) as col:
+        for row in tqdm(batches, desc="statistics", disable=not progress, leave=False):
+            col.new_pass()
+            model(row.unsqueeze(0).to(next(model.parameters()).device), use_cache=False)
+        return col.finalize()
+
+
+def compress(model, config: CompressConfig, calibration: torch.Tensor | None = None,
+             progress: bool = True) -> Report:
+    """Compress `model` in place with `config`; `calibration` is (N, seqlen) token ids."""
+    if not isinstance(config, CompressConfig):
+        raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
+    t_start = time.perf_counter()
+    method = methods.get(config.method)
+    kinds = methods.required_stats(config)
+    if kinds and (calibration is None or calibration.dim() != 2 or calibration.shape[0] == 0):
+        raise ValueError(f"{config.method} needs calibration token ids of shape (N, seqlen), "
+                         f"got {None if calibration is None else tuple(calibration.shape)}")
+    layers, targets = find_targets(model, config)
+    _check_weights(targets)
+    report = Report(config.method, config.to_dict(), model_params_before=_count(model))
+    blocks = _by_block(targets)
+    was_training = model.training
+    model.eval()
+    try:
+        if config.sequential and kinds:
+            _sequential(model, layers, blocks, calibration, kinds, config, method, report, progress)
+        else:
+            t0 = time.perf_counter()
+            stats = {}
+            if "fisher" in kinds:
+                stats = row_fisher(model, targets, calibration, progress)
+            elif kinds:
+                stats = _collect(model, targets, calibration, kinds, progress)
+            report.seconds_stats = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for i in tqdm(sorted(blocks), desc=f"{config.method} blocks", disable=not progress):
+                _apply(blocks[i], stats, config, method, report)
+            report.seconds_decompose = time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+    report.model_params_after = _count(model)
+    report.seconds_total = time.perf_counter() - t_start
+    return report
+
+
+def _sequential(model, layers, blocks, calibration, kinds, config, method, report, progress):
+    """Block by block: statistics of block i come from the outputs of the already-compressed
+    blocks before it, so each block's compression sees (and corrects for) earlier errors."""
+    t0 = time.perf_counter()
+    hidden, block_args = replay.capture(model, layers, calibration)
+    report.seconds_stats += time.perf_counter() - t0
+    for i in tqdm(range(len(layers)), desc=f"{config.method} sequential", disable=not progress):
+        if i in blocks:
+            t0 = time.perf_counter()
+            with StatsCollector({t.name: t.module for t in blocks[i]}, kinds) as col:
+                for h in hidden:
+                    col.new_pass()
+                    replay.run_block(layers[i], [h], block_args[i])
+                stats = col.finalize()
+            report.seconds_stats += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _apply(blocks[i], stats, config, method, report)
+            report.seconds_decompose += time.perf_counter() - t0
+        if i + 1 < len(layers):
+            t0 = time.perf_counter()
+            hidden = replay.run_block(layers[i], hidden, block_args[i])
+            report.seconds_stats += time.perf_counter() - t0

@@ -1,0 +1,3 @@
+from .collector import StatsCollector
+
+__all__ = ["StatsCollector"]

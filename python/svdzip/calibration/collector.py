@@ -1,0 +1,120 @@
+"""Activation statistics per Linear input, through scoped forward hooks.
+
+Modules that receive the very same input tensor in a forward pass (q/k/v; gate/up) share
+one statistics dict: the first of them to run is the leader, the others point at it, so a
+block holds 4 Grams, not 7. Statistics are owned here, keyed by module name, never stored
+on the modules; hooks live only inside the `with` block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+
+
+class StatsCollector:
+    """with StatsCollector({name: linear}, {"gram", "abs_mean"}) as c: run forwards; c.stats."""
+
+    def __init__(self, modules: dict[str, nn.Module], kinds, gram_dtype=torch.float64):
+        self.modules = modules
+        self.kinds = set(kinds) - {"fisher"}
+        self.gram_dtype = gram_dtype
+        self.stats: dict[str, dict] = {}
+        self.leader: dict[str, str] = {}
+        self._seen: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input, leader)
+        self._handles = []
+
+    def __enter__(self) -> "StatsCollector":
+        try:
+            for name, mod in self.modules.items():
+                self._handles.append(mod.register_forward_pre_hook(self._hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._seen.clear()
+
+    def new_pass(self) -> None:
+        """Forget input identities between forward passes (keeps the ids from being reused)."""
+        self._seen.clear()
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            x = args[0].detach()
+            seen = self._seen.get(id(x))
+            if seen is not None and seen[0] is x:
+                self._follow(name, seen[1])
+                return
+            self._seen[id(x)] = (x, name)  # holding x keeps its id unique in this pass
+            self._accumulate(name, x)
+        return hook
+
+    def _follow(self, name: str, leader: str) -> None:
+        if self.leader.setdefault(name, leader) != leader:
+            raise RuntimeError(f"{name}: shares its input with {leader} now but with "
+                               f"{self.leader[name]} before; input sharing must be stable")
+        self.stats[name] = self.stats[leader]
+
+    def _accumulate(self, name: str, x: torch.Tensor) -> None:
+        self.leader.setdefault(name, name)
+        n = x.shape[-1]
+        st = self.stats.get(name)
+        if st is None:
+            st = self.stats[name] = self._empty(n, x.device)
+        rows = x.reshape(-1, n)
+        st["tokens"] += rows.shape[0]
+        if "gram" in st:
+            ops.gram_accumulate_(st["gram"], rows)
+        if "abs_mean" in st:
+            ops.abs_mean_accumulate_(st["abs_sum"], rows)
+        if "abs_max" in st:
+            ops.abs_max_accumulate_(st["abs_max"], rows)
+
+    def _empty(self, n: int, device) -> dict:
+        st: dict = {"tokens": 0}
+        if "gram" in self.kinds:
+            st["gram"] = torch.zeros(n, n, dtype=self.gram_dtype, device=device)
+        if "abs_mean" in self.kinds or "abs_max" in self.kinds:
+            st["abs_mean"] = True
+            st["abs_sum"] = torch.zeros(n, dtype=torch.float64, device=device)
+            st["abs_max"] = torch.zeros(n, dtype=torch.float64, device=device)
+        return st
+
+    def finalize(self) -> dict[str, dict]:
+        """Per module: {'gram', 'abs_mean', 'abs_max', 'tokens'}; raises naming the module
+        if a statistic is non-finite (NaN/Inf activations) or the module never ran."""
+        missing = [n for n in self.modules if n not in self.stats]
+        if missing:
+            raise RuntimeError(f"no activations reached {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        out, done = {}, {}
+        for name in self.modules:
+            lead = self.leader[name]
+            if lead not in done:
+                done[lead] = self._final(lead, self.stats[lead])
+            out[name] = done[lead]
+        return out
+
+    @staticmethod
+    def _final(name: str, st: dict) -> dict:
+        res = {"tokens": st["tokens"], "leader": name}
+        if "gram" in st:
+            res["gram"] = st["gram"]
+        if "abs_sum" in st:
+            res["abs_mean"] = st["abs_sum"] / max(st["tokens"], 1)
+            res["abs_max"] = st["abs_max"]
+        for key in ("gram", "abs_mean", "abs_max"):
+            if key in res and not torch.isfinite(res[key]).all():
+                bad = res[key][~torch.isfinite(res[key])].flatten()[0].item()
+                raise FloatingPointError(f"{name}: calibration statistic '{key}' contains {bad} "
+                                         "(NaN/Inf in the activations or the weights upstream)")
+        return res

@@ -1,0 +1,179 @@
+"""Validated method configs. `ratio` = fraction of the targeted parameters KEPT
+(ASVD's convention; the papers' "20% compression" is ratio 0.8)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+FORMAT_VERSION = 1
+CONFIGS: dict[str, type["CompressConfig"]] = {}
+WEIGHTINGS = ("plain", "whitened", "whitened_eigen", "asvd")
+
+
+def register(cls):
+    CONFIGS[cls.method] = cls
+    return cls
+
+
+def _check_ratio(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{what} = {value!r} must be a number in (0, 1] (fraction of parameters kept)")
+
+
+def _check_fraction(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{what} = {value!r} must be in (0, 1]")
+
+
+@dataclass
+class CompressConfig:
+    """Options every method shares.
+
+    ratio       kept fraction of the targeted parameters, in (0, 1]
+    targets     glob patterns of Linear names inside the decoder blocks to compress
+    ignore      glob patterns to leave dense (wins over targets)
+    overrides   {glob pattern: ratio} for individual modules (first match wins)
+    sequential  statistics block by block on the already-compressed model (else one-shot)
+    last_blocks compress only the last L decoder blocks, at the per-block ratio that keeps
+                the overall budget (ResSVD's scheme); None = all blocks at `ratio`
+    """
+
+    method: ClassVar[str] = ""
+    ratio: float = 0.8
+    targets: tuple[str, ...] = ("*",)
+    ignore: tuple[str, ...] = ()
+    overrides: dict[str, float] = field(default_factory=dict)
+    sequential: bool = False
+    last_blocks: int | None = None
+    jitter: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _check_ratio(self.ratio, "ratio")
+        self.targets, self.ignore = tuple(self.targets), tuple(self.ignore)
+        for pat in (*self.targets, *self.ignore, *self.overrides):
+            if not isinstance(pat, str) or not pat:
+                raise ValueError(f"module pattern {pat!r} must be a non-empty string")
+        for pat, r in self.overrides.items():
+            _check_ratio(r, f"overrides[{pat!r}]")
+        if self.last_blocks is not None and (isinstance(self.last_blocks, bool) or
+                                             not isinstance(self.last_blocks, int) or self.last_blocks < 1):
+            raise ValueError(f"last_blocks = {self.last_blocks!r} must be a positive integer or None")
+        if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter = {self.jitter!r} must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["targets"], d["ignore"] = list(self.targets), list(self.ignore)
+        return {"version": FORMAT_VERSION, "method": self.method, **d}
+
+    @staticmethod
+    def from_dict(d: dict) -> "CompressConfig":
+        d = dict(d)
+        version, method = d.pop("version", None), d.pop("method", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"config version {version!r} is not supported (expected {FORMAT_VERSION})")
+        if method not in CONFIGS:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(CONFIGS)}")
+        cls = CONFIGS[method]
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown {method} config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@register
+@dataclass
+class SVDConfig(CompressConfig):
+    """Plain truncated SVD of W (data-free baseline)."""
+
+    method: ClassVar[str] = "svd"
+
+
+@register
+@dataclass
+class FWSVDConfig(CompressConfig):
+    """Fisher-weighted SVD: rows (outputs) weighted by √(Σ grad²) of the LM loss."""
+
+    method: ClassVar[str] = "fwsvd"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sequential:
+            raise ValueError("fwsvd needs gradients of the whole model's loss: sequential=True "
+                             "is not supported, use one-shot statistics")
+
+
+@register
+@dataclass
+class ASVDConfig(CompressConfig):
+    """ASVD: W·diag(s)^alpha with s = mean|x| (or max|x|) per input channel."""
+
+    method: ClassVar[str] = "asvd"
+    alpha: float = 0.5
+    stat: str = "mean"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 2:
+            raise ValueError(f"alpha = {self.alpha!r} must be in [0, 2]")
+        if self.stat not in ("mean", "max"):
+            raise ValueError(f"stat = {self.stat!r} must be 'mean' or 'max'")
+
+
+@register
+@dataclass
+class SVDLLMConfig(CompressConfig):
+    """SVD-LLM: whitening by the Cholesky factor of the input Gram (optimal ‖(W−Ŵ)X‖)."""
+
+    method: ClassVar[str] = "svd_llm"
+
+
+@dataclass
+class _TwoStageConfig(CompressConfig):
+    """Two stages: rank k1 under `stage1` weighting, then the residual at k − k1 under `stage2`."""
+
+    first_fraction: float = 0.95
+    stage1: str = "whitened"
+    stage2: str = "plain"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fraction(self.first_fraction, "first_fraction")
+        for name in ("stage1", "stage2"):
+            if getattr(self, name) not in WEIGHTINGS:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be one of {WEIGHTINGS}")
+
+
+@register
+@dataclass
+class NSVDConfig(_TwoStageConfig):
+    """NSVD: nested decomposition. variant 'I' whitens stage 1 by Cholesky, 'II' by the eigen
+    factor of the Gram; stage 2 is a plain SVD of the residual. k1 = round(first_fraction·k)."""
+
+    method: ClassVar[str] = "nsvd"
+    variant: str = "I"
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("I", "II"):
+            raise ValueError(f"variant = {self.variant!r} must be 'I' or 'II'")
+        if self.variant == "II" and self.stage1 == "whitened":
+            self.stage1 = "whitened_eigen"
+        super().__post_init__()
+
+
+@register
+@dataclass
+class ResSVDConfig(_TwoStageConfig):
+    """ResSVD: residual compensation (stage 1 at r1 = round(first_fraction·r), the residual at
+    r − r1), applied to the last L blocks only (default: the last 3/4 of them)."""
+
+    method: ClassVar[str] = "ressvd"
+    first_fraction: float = 0.9
+    last_fraction: float = 0.75
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fraction(self.last_fraction, "last_fraction")

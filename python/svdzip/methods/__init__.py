@@ -1,0 +1,50 @@
+"""Decomposition methods: pure functions of (W, statistics, rank) -> (A, B).
+
+Each method is registered with the statistics it needs; `prepare` turns a module's raw
+statistics into a weighting (once per shared input), `decompose` does the math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    stats: frozenset[str]        # "gram", "abs_mean", "abs_max", "fisher"
+    prepare: Callable             # (stats: dict, cfg) -> prepared (shared by modules with one input)
+    decompose: Callable           # (W, prepared, rank, cfg) -> (A, B)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, stats=(), prepare=None):
+    def deco(fn):
+        METHODS[name] = Method(name, frozenset(stats), prepare or (lambda s, c: None), fn)
+        return fn
+    return deco
+
+
+_STAGE_STATS = {"plain": set(), "whitened": {"gram"}, "whitened_eigen": {"gram"},
+                "asvd": {"abs_mean"}}
+
+
+def required_stats(cfg) -> frozenset[str]:
+    """Statistics the pipeline must collect for this config (two-stage methods: per stage)."""
+    need = set(get(cfg.method).stats)
+    for stage in ("stage1", "stage2"):
+        if hasattr(cfg, stage):
+            need |= _STAGE_STATS[getattr(cfg, stage)]
+    return frozenset(need)
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+from . import asvd, fwsvd, nsvd, ressvd, svd, svd_llm  # noqa: E402,F401  (registration)

@@ -1,0 +1,20 @@
+"""NSVD (nested activation-aware decomposition): stage 1 whitened at k1 = round(f·k)
+(NSVD-I: Cholesky factor; NSVD-II: eigen factor of the Gram), stage 2 a plain SVD of the
+residual at k − k1. A = [A1 A2], B = [B1; B2]."""
+
+from . import register
+from .weighting import for_stage, two_stage
+
+
+def split(rank: int, fraction: float) -> int:
+    return max(1, min(rank, round(fraction * rank)))
+
+
+def prepare(stats, cfg):
+    return for_stage(cfg.stage1, stats, cfg), for_stage(cfg.stage2, stats, cfg)
+
+
+@register("nsvd", prepare=prepare)  # stats follow the stage weightings
+def decompose(W, prepared, rank, cfg):
+    w1, w2 = prepared
+    return two_stage(W, rank, split(rank, cfg.first_fraction), w1, w2)

@@ -1,0 +1,13 @@
+"""ResSVD: residual compensation. Stage 1 at r1 = round(f·r) under `stage1` weighting, the
+residual W − Ŵ1 truncated at r − r1 under `stage2`; only the last L blocks are compressed
+(block selection lives in rank.py, driven by the config)."""
+
+from . import register
+from .nsvd import prepare, split
+from .weighting import two_stage
+
+
+@register("ressvd", prepare=prepare)  # stats follow the stage weightings
+def decompose(W, prepared, rank, cfg):
+    w1, w2 = prepared
+    return two_stage(W, rank, split(rank, cfg.first_fraction), w1, w2)

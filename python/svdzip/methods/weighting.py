@@ -1,0 +1,108 @@
+"""Weighted truncated SVD, the one piece of math every method shares.
+
+A weighting S turns W into W·S (input side) or diag(l)·W (output side); the SVD of the
+weighted matrix is truncated, √Σ split between the factors, and S undone on the factor
+it touches. Pure functions on tensors; computed in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import ops
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """right: n×n factor (triangular if lower=True) or n-vector (diagonal); left: m-vector."""
+
+    right: torch.Tensor | None = None
+    lower: bool = False
+    left: torch.Tensor | None = None
+    notes: dict = field(default_factory=dict)
+
+
+PLAIN = Weighting()
+
+
+def _unweight_right(B: torch.Tensor, w: Weighting) -> torch.Tensor:
+    S = w.right
+    if S.dim() == 1:
+        return B / S
+    if w.lower:  # X S = B  <=>  Sᵀ Xᵀ = Bᵀ with Sᵀ upper-triangular
+        return torch.linalg.solve_triangular(S.T, B.T, upper=True).T
+    return torch.linalg.solve(S.T, B.T).T
+
+
+def truncate(W: torch.Tensor, k: int, w: Weighting = PLAIN) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of rank k minimising ‖l ⊙ (W − AB)·S‖_F, with A m×k and B k×n (float64)."""
+    M = W.double()
+    if w.right is not None:
+        M = M * w.right if w.right.dim() == 1 else M @ w.right
+    if w.left is not None:
+        M = w.left[:, None] * M
+    U, S, Vh = ops.batched_svd(M, k)
+    root = S.sqrt()
+    A, B = U * root, root[:, None] * Vh
+    if w.right is not None:
+        B = _unweight_right(B, w)
+    if w.left is not None:
+        A = A / w.left[:, None]
+    return A, B
+
+
+def two_stage(W: torch.Tensor, k: int, k1: int, w1: Weighting, w2: Weighting):
+    """Stage 1 at rank k1 under w1; stage 2 fits the residual at k − k1 under w2.
+    With w1 == w2 this equals a single rank-k truncation (Eckart–Young): the stages must differ."""
+    A1, B1 = truncate(W, k1, w1)
+    if k1 >= k:
+        return A1, B1
+    A2, B2 = truncate(W.double() - A1 @ B1, k - k1, w2)
+    return torch.cat([A1, A2], 1), torch.cat([B1, B2], 0)
+
+
+def whitened(gram: torch.Tensor, jitter: float) -> Weighting:
+    """Cholesky (or robust fallback) factor of the Gram; notes say which path was taken."""
+    wf = ops.whitening_factor(gram.double(), jitter)
+    return Weighting(right=wf.factor, lower=wf.triangular,
+                     notes={"whitening": wf.path, "shift": wf.shift, "clamped": wf.clamped})
+
+
+def whitened_eigen(gram: torch.Tensor, jitter: float) -> Weighting:
+    """Symmetric-eigen factor Q·Λ^½ of the Gram (NSVD-II), eigenvalues floored for invertibility."""
+    G = gram.double()
+    lam, Q = torch.linalg.eigh(G)
+    floor = max(jitter, torch.finfo(G.dtype).eps * G.shape[0]) * float(lam[-1])
+    clamped = int((lam < floor).sum())
+    return Weighting(right=Q * lam.clamp_min(floor).sqrt(),
+                     notes={"whitening": "eigen", "shift": floor, "clamped": clamped})
+
+
+def channel_scale(stat: torch.Tensor, alpha: float) -> Weighting:
+    """ASVD's diag(s^alpha); dead channels are floored so the fold-back stays finite."""
+    s = stat.double()
+    floor = max(float(s.max()) * 1e-6, 1e-12)
+    dead = int((s < floor).sum())
+    return Weighting(right=s.clamp_min(floor) ** alpha, notes={"dead_channels": dead})
+
+
+def row_scale(importance: torch.Tensor) -> Weighting:
+    """FWSVD's output-side weights √I_row, floored likewise."""
+    s = importance.double().sqrt()
+    floor = max(float(s.max()) * 1e-6, 1e-12)
+    return Weighting(left=s.clamp_min(floor), notes={"zero_rows": int((s < floor).sum())})
+
+
+def for_stage(kind: str, stats: dict, cfg) -> Weighting:
+    """A named weighting from a module's statistics: plain, whitened, whitened_eigen, asvd."""
+    if kind == "plain":
+        return PLAIN
+    if kind == "whitened":
+        return whitened(stats["gram"], cfg.jitter)
+    if kind == "whitened_eigen":
+        return whitened_eigen(stats["gram"], cfg.jitter)
+    if kind == "asvd":
+        return channel_scale(stats["abs_mean"], getattr(cfg, "alpha", 0.5))
+    raise ValueError(f"unknown weighting {kind!r}")

@@ -1,0 +1,3 @@
+from .lowrank_linear import LowRankLinear
+
+__all__ = ["LowRankLinear"]

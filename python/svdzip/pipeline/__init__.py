@@ -1,0 +1,1 @@
+"""Who sees which activations: one-shot (dense model) or sequential (block by block)."""

@@ -1,0 +1,70 @@
+"""Run decoder blocks one at a time on cached inputs, without copying any model code.
+
+Block 0's hidden states are caught with a pre-hook that stops the forward; every block's
+other arguments (masks, position embeddings, ...) are caught once from a dense pass, since
+with equal-length unpadded windows they do not depend on the sample.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Stop(Exception):
+    pass
+
+
+def _split(args: tuple, kwargs: dict):
+    if args:
+        return args[0], args[1:], dict(kwargs)
+    kwargs = dict(kwargs)
+    return kwargs.pop("hidden_states"), (), kwargs
+
+
+@torch.no_grad()
+def capture(model: nn.Module, layers: nn.ModuleList, batches: torch.Tensor):
+    """(hidden states entering block 0 per window, [(args, kwargs)] for each block)."""
+    device = next(model.parameters()).device
+    block_args: list = [None] * len(layers)
+    hidden: list[torch.Tensor] = []
+
+    def keep_args(i):
+        def hook(mod, args, kwargs):
+            if block_args[i] is None:
+                _, rest, kw = _split(args, kwargs)
+                block_args[i] = (rest, kw)
+        return hook
+
+    handles = [layer.register_forward_pre_hook(keep_args(i), with_kwargs=True)
+               for i, layer in enumerate(layers)]
+    try:
+        model(batches[:1].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def stop(mod, args, kwargs):
+        hidden.append(_split(args, kwargs)[0])
+        raise _Stop
+
+    h = layers[0].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        for row in batches:
+            try:
+                model(row.unsqueeze(0).to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    return hidden, block_args
+
+
+@torch.no_grad()
+def run_block(layer: nn.Module, hidden: list[torch.Tensor], args_kwargs) -> list[torch.Tensor]:
+    rest, kw = args_kwargs
+    outs = []
+    for h in hidden:
+        out = layer(h, *rest, **kw)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return outs

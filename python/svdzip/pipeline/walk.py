@@ -1,0 +1,61 @@
+"""Find decoder blocks and the Linear layers to compress through the model's own structure
+(`_no_split_modules`, the largest ModuleList), never through architecture-specific names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .. import rank
+
+
+@dataclass
+class Target:
+    name: str              # full module name, e.g. model.layers.3.self_attn.q_proj
+    block: int             # index of its decoder block
+    parent: nn.Module
+    attr: str
+    module: nn.Linear
+    ratio: float           # kept fraction for this module
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.module.weight.shape)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder blocks: the longest ModuleList of `_no_split_modules`
+    classes (any longest ModuleList if the model declares none)."""
+    block_names = set(getattr(model, "_no_split_modules", None) or [])
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    preferred = [m for m in lists if type(m[0]).__name__ in block_names]
+    pool = preferred or lists
+    if not pool:
+        raise ValueError(f"{type(model).__name__}: no nn.ModuleList of decoder blocks found")
+    return max(pool, key=len)
+
+
+def find_targets(model: nn.Module, cfg) -> tuple[nn.ModuleList, list[Target]]:
+    """Linear modules inside the decoder blocks that match cfg.targets and not cfg.ignore,
+    each with its kept ratio (modules whose ratio is 1 or that the config leaves dense are omitted)."""
+    layers = decoder_layers(model)
+    block_of = {id(layer): i for i, layer in enumerate(layers)}
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for layer in layers:
+        i = block_of[id(layer)]
+        for parent in layer.modules():
+            for attr, child in parent.named_children():
+                if not isinstance(child, nn.Linear):
+                    continue
+                name = names[id(child)]
+                if not rank.match(name, cfg.targets) or rank.match(name, cfg.ignore):
+                    continue
+                r = rank.module_ratio(name, i, len(layers), cfg)
+                if r is not None:
+                    out.append(Target(name, i, parent, attr, child, r))
+    if not out:
+        raise ValueError(f"no Linear layer in the decoder blocks matches targets={list(cfg.targets)} "
+                         f"ignore={list(cfg.ignore)} with a ratio below 1")
+    return layers, out

@@ -1,0 +1,81 @@
+"""What compress() did, per module and in total: ranks, parameters, errors, paths, times."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ModuleReport:
+    name: str
+    shape: tuple[int, int]
+    rank: int
+    params_before: int
+    params_after: int
+    rel_error: float                  # ‖W − AB‖_F / ‖W‖_F
+    out_rel_error: float | None       # ‖(W − AB)Xᵀ‖_F / ‖WXᵀ‖_F on calibration data, if a Gram exists
+    notes: dict = field(default_factory=dict)   # whitening path, dead channels, ...
+    seconds: float = 0.0
+
+
+@dataclass
+class Report:
+    method: str
+    config: dict
+    modules: list[ModuleReport] = field(default_factory=list)
+    model_params_before: int = 0
+    model_params_after: int = 0
+    seconds_stats: float = 0.0
+    seconds_decompose: float = 0.0
+    seconds_total: float = 0.0
+
+    @property
+    def target_params_before(self) -> int:
+        return sum(m.params_before for m in self.modules)
+
+    @property
+    def target_params_after(self) -> int:
+        return sum(m.params_after for m in self.modules)
+
+    @property
+    def ratio_targets(self) -> float:
+        return self.target_params_after / max(self.target_params_before, 1)
+
+    @property
+    def ratio_model(self) -> float:
+        return self.model_params_after / max(self.model_params_before, 1)
+
+    def fallbacks(self) -> dict[str, str]:
+        """Modules whose whitening needed jitter or the eigen fallback."""
+        return {m.name: m.notes["whitening"] for m in self.modules
+                if m.notes.get("whitening") not in (None, "cholesky")}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(target_params_before=self.target_params_before,
+                 target_params_after=self.target_params_after,
+                 ratio_targets=self.ratio_targets, ratio_model=self.ratio_model,
+                 fallbacks=self.fallbacks())
+        return d
+
+    def summary(self, per_module: bool = False) -> str:
+        lines = []
+        if per_module:
+            lines.append(f"{'module':45s} {'shape':>11s} {'rank':>5s} {'rel err':>8s} {'out err':>8s}  notes")
+            for m in self.modules:
+                out = f"{m.out_rel_error:8.4f}" if m.out_rel_error is not None else f"{'-':>8s}"
+                notes = ", ".join(f"{k}={v}" for k, v in m.notes.items() if k in ("whitening", "dead_channels"))
+                lines.append(f"{m.name:45s} {m.shape[0]:>5d}x{m.shape[1]:<5d} {m.rank:5d} "
+                             f"{m.rel_error:8.4f} {out}  {notes}")
+        fb = self.fallbacks()
+        lines += [
+            f"method {self.method}: {len(self.modules)} modules compressed; ratio (kept) asked "
+            f"{self.config['ratio']}, achieved {self.ratio_targets:.4f} over targets "
+            f"({self.target_params_after:,} / {self.target_params_before:,} params), "
+            f"{self.ratio_model:.4f} over the whole model ({self.model_params_after:,} / "
+            f"{self.model_params_before:,})",
+            f"time: statistics {self.seconds_stats:.1f} s, decomposition {self.seconds_decompose:.1f} s, "
+            f"total {self.seconds_total:.1f} s",
+            f"whitening fallbacks: {len(fb)} modules" + (f" ({sorted(set(fb.values()))})" if fb else ""),
+        ]
+        return "\n".join(lines)
