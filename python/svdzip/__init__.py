@@ -7,7 +7,7 @@ NSVD, ResSVD) with a native C++/CUDA core.
 
 from . import ops
 from ._native import native as _native_module
-from .api import compress
+from .api import collect_statistics, compress
 from .config import (ASVDConfig, CompressConfig, FWSVDConfig, NSVDConfig, ResSVDConfig,
                      SVDConfig, SVDLLMConfig)
 from .data import calibration_batches
@@ -31,6 +31,6 @@ def load_compressed(*args, **kwargs):
     return f(*args, **kwargs)
 
 
-__all__ = ["ops", "compress", "calibration_batches", "save_compressed", "load_compressed",
+__all__ = ["ops", "compress", "collect_statistics", "calibration_batches", "save_compressed", "load_compressed",
            "LowRankLinear", "CompressConfig", "SVDConfig", "FWSVDConfig", "ASVDConfig",
            "SVDLLMConfig", "NSVDConfig", "ResSVDConfig", "native_available", "__version__"]

@@ -65,6 +65,15 @@ def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> N
             time.perf_counter() - t0))
 
 
+def _check_stats(stats: dict, targets: list[Target], kinds) -> None:
+    for t in targets:
+        have = set(stats.get(t.name, {}))
+        have |= {"abs_mean", "abs_max"} if "abs_mean" in have else set()
+        missing = set(kinds) - have
+        if missing:
+            raise ValueError(f"{t.name}: statistics {sorted(missing)} missing from stats=")
+
+
 def _by_block(targets: list[Target]) -> dict[int, list[Target]]:
     out: dict[int, list[Target]] = {}
     for t in targets:
@@ -81,17 +90,39 @@ def _collect(model, targets, batches, kinds, progress) -> dict:
         return col.finalize()
 
 
+def _check_calibration(config, calibration) -> None:
+    if calibration is None or calibration.dim() != 2 or calibration.shape[0] == 0:
+        raise ValueError(f"{config.method} needs calibration token ids of shape (N, seqlen), "
+                         f"got {None if calibration is None else tuple(calibration.shape)}")
+
+
+def collect_statistics(model, config: CompressConfig, calibration: torch.Tensor,
+                       kinds=None, progress: bool = True) -> dict[str, dict]:
+    """One-shot statistics of the dense model for config's targets, keyed by module name.
+    Pass `kinds` (e.g. {"gram", "abs_mean"}) to collect for several methods at once, then
+    hand the result to compress(..., stats=...) for each."""
+    kinds = set(kinds) if kinds is not None else set(methods.required_stats(config))
+    _check_calibration(config, calibration)
+    _, targets = find_targets(model, config)
+    _check_weights(targets)
+    if "fisher" in kinds:
+        return row_fisher(model, targets, calibration, progress)
+    return _collect(model, targets, calibration, kinds, progress)
+
+
 def compress(model, config: CompressConfig, calibration: torch.Tensor | None = None,
-             progress: bool = True) -> Report:
-    """Compress `model` in place with `config`; `calibration` is (N, seqlen) token ids."""
+             progress: bool = True, stats: dict | None = None) -> Report:
+    """Compress `model` in place with `config`; `calibration` is (N, seqlen) token ids.
+    `stats` (from collect_statistics on this same dense model) skips one-shot collection."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
     method = methods.get(config.method)
     kinds = methods.required_stats(config)
-    if kinds and (calibration is None or calibration.dim() != 2 or calibration.shape[0] == 0):
-        raise ValueError(f"{config.method} needs calibration token ids of shape (N, seqlen), "
-                         f"got {None if calibration is None else tuple(calibration.shape)}")
+    if stats is not None and config.sequential:
+        raise ValueError("stats= holds one-shot statistics; sequential=True collects its own")
+    if kinds and stats is None:
+        _check_calibration(config, calibration)
     layers, targets = find_targets(model, config)
     _check_weights(targets)
     report = Report(config.method, config.to_dict(), model_params_before=_count(model))
@@ -103,11 +134,9 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
             _sequential(model, layers, blocks, calibration, kinds, config, method, report, progress)
         else:
             t0 = time.perf_counter()
-            stats = {}
-            if "fisher" in kinds:
-                stats = row_fisher(model, targets, calibration, progress)
-            elif kinds:
-                stats = _collect(model, targets, calibration, kinds, progress)
+            if stats is None:
+                stats = collect_statistics(model, config, calibration, kinds, progress) if kinds else {}
+            _check_stats(stats, targets, kinds)
             report.seconds_stats = time.perf_counter() - t0
             t0 = time.perf_counter()
             for i in tqdm(sorted(blocks), desc=f"{config.method} blocks", disable=not progress):

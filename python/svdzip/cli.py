@@ -1,4 +1,4 @@
-"""Command line: `svdzip env`, `svdzip demo` (more subcommands register in _COMMANDS)."""
+"""svdzip command line: compress, eval, env, demo."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="compress one synthetic layer with plain SVD vs whitened SVD")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+    from .cli_compress import add_compress, add_eval
+
+    add_compress(sub)
+    add_eval(sub)
     return p
 
 

@@ -1,0 +1,109 @@
+"""`svdzip compress` and `svdzip eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from .config import CONFIGS
+
+METHOD_OPTIONS = {  # CLI flag -> config field, for the methods that have it
+    "alpha": "alpha", "stat": "stat", "variant": "variant", "first_fraction": "first_fraction",
+    "stage1": "stage1", "stage2": "stage2", "last_fraction": "last_fraction",
+}
+
+
+def add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="compress a model and save it",
+                       description="Compress every Linear in the decoder blocks. --ratio is the fraction "
+                                   "of those parameters KEPT (0.8 = the papers' '20%% compression').")
+    p.add_argument("model", help="Hugging Face directory or alias (smollm2-135m)")
+    p.add_argument("out", help="output directory (replaced atomically)")
+    p.add_argument("--method", default="nsvd", choices=sorted(CONFIGS))
+    p.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")
+    p.add_argument("--calib", default="wiki", help="calibration text: wiki, ptb or a text file")
+    p.add_argument("--n-samples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
+    p.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
+    p.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
+    p.add_argument("--alpha", type=float, help="asvd: exponent of the channel scaling")
+    p.add_argument("--stat", choices=["mean", "max"], help="asvd: channel statistic")
+    p.add_argument("--variant", choices=["I", "II"], help="nsvd: Cholesky (I) or eigen (II) stage 1")
+    p.add_argument("--first-fraction", type=float, help="nsvd/ressvd: share of the rank in stage 1")
+    p.add_argument("--stage1", help="nsvd/ressvd: weighting of stage 1 (plain, whitened, whitened_eigen, asvd)")
+    p.add_argument("--stage2", help="nsvd/ressvd: weighting of stage 2")
+    p.add_argument("--last-fraction", type=float, help="ressvd: fraction of blocks compressed (from the end)")
+    p.add_argument("--eval", default="", help="comma list of datasets to evaluate before and after, e.g. wiki,ptb")
+    p.add_argument("--max-windows", type=int, default=None, help="evaluation windows (default: wiki 60, ptb 40)")
+    p.add_argument("--json", default=None, help="also write the report and ppl to this JSON file")
+    p.add_argument("--per-module", action="store_true", help="print the per-module table")
+    p.set_defaults(func=run_compress)
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity of a model or compressed directory")
+    p.add_argument("model", help="alias, Hugging Face directory or svdzip output directory")
+    p.add_argument("--data", default="wiki,ptb", help="comma list: wiki, ptb or text files")
+    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_eval)
+
+
+def make_config(args):
+    cls = CONFIGS[args.method]
+    fields = {f for f in cls.__dataclass_fields__}
+    kw = {"ratio": args.ratio, "sequential": args.sequential, "last_blocks": args.last_blocks,
+          "ignore": tuple(args.ignore)}
+    for flag, field in METHOD_OPTIONS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if field not in fields:
+            raise SystemExit(f"svdzip compress: --{flag.replace('_', '-')} does not apply to --method {args.method}")
+        kw[field] = value
+    try:
+        return cls(**kw)
+    except ValueError as exc:
+        raise SystemExit(f"svdzip compress: {exc}") from exc
+
+
+def run_compress(args) -> int:
+    from . import api, data, eval as ev, io, models
+
+    torch.manual_seed(0)
+    cfg = make_config(args)
+    t0 = time.perf_counter()
+    model, tok = models.load(args.model)
+    sets = [s for s in args.eval.split(",") if s]
+    result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio}
+    if sets:
+        result["dense_ppl"] = ev.evaluate(model, tok, sets, args.seqlen, args.max_windows)
+        print("dense ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in result["dense_ppl"].items()))
+    calib = data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples, args.seqlen)
+    report = api.compress(model, cfg, calib)
+    print(report.summary(per_module=args.per_module))
+    out = io.save_compressed(model, args.out, tokenizer=tok, report=report)
+    if sets:
+        result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.seqlen, args.max_windows)
+        print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
+              ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
+    result.update(report=report.to_dict(), seconds=time.perf_counter() - t0, saved_to=str(out))
+    print(f"saved to {out} ({time.perf_counter() - t0:.0f} s in all)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+def run_eval(args) -> int:
+    from . import eval as ev, models
+
+    model, tok = models.load(args.model)
+    res = ev.evaluate(model, tok, [s for s in args.data.split(",") if s], args.seqlen, args.max_windows)
+    print(json.dumps(res) if args.json else "\n".join(f"{k}: ppl {v:.3f}" for k, v in res.items()))
+    return 0
