@@ -27,8 +27,8 @@ def last_blocks_ratio(n_blocks: int, ratio: float, last: int) -> float:
     if not 1 <= last <= n_blocks:
         raise ValueError(f"last_blocks = {last} must be in [1, {n_blocks}] (number of decoder blocks)")
     r = 1 - n_blocks * (1 - ratio) / last
-    if r <= 0:
-        need = math.floor(n_blocks * (1 - ratio)) + 1
+    if r < 1e-6:  # 0 up to rounding: nothing would be left of those blocks
+        need = math.floor(n_blocks * (1 - ratio) + 1e-9) + 1
         raise ValueError(f"ratio {ratio} cannot be met by compressing only the last {last} of "
                          f"{n_blocks} blocks (per-block ratio would be {r:.3f}); use at least {need}")
     return r

@@ -50,13 +50,13 @@ class StatsCollector:
 
     def _hook(self, name: str):
         def hook(module, args):
-            x = args[0].detach()
+            x = args[0]  # identity of the very object passed (detach() would make a new one)
             seen = self._seen.get(id(x))
             if seen is not None and seen[0] is x:
                 self._follow(name, seen[1])
                 return
             self._seen[id(x)] = (x, name)  # holding x keeps its id unique in this pass
-            self._accumulate(name, x)
+            self._accumulate(name, x.detach())
         return hook
 
     def _follow(self, name: str, leader: str) -> None:

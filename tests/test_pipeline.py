@@ -1,0 +1,145 @@
+"""compress() on tiny random models of three architectures: no model code copied."""
+
+import pytest
+import torch
+
+import svdzip as sz
+from svdzip import api
+from svdzip.config import CONFIGS
+from svdzip.nn import LowRankLinear
+from svdzip.pipeline import replay
+from svdzip.pipeline.walk import decoder_layers
+
+from tiny_models import calib, tiny
+
+ARCHS = ["llama", "qwen2", "gemma3"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("sequential", [False, True])
+@pytest.mark.parametrize("method", ["svd", "asvd", "svd_llm", "nsvd", "ressvd"])
+def test_compress_every_architecture(arch, sequential, method):
+    model = tiny(arch)
+    ids = calib()
+    cfg = CONFIGS[method](ratio=0.6, sequential=sequential)
+    rep = sz.compress(model, cfg, ids, progress=False)
+    lowrank = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    n_blocks = len(decoder_layers(model))
+    expected_blocks = n_blocks if method != "ressvd" else round(0.75 * n_blocks)
+    assert len(lowrank) == len(rep.modules) == 7 * expected_blocks
+    assert rep.ratio_targets <= 0.6 + 1e-9
+    assert rep.model_params_after < rep.model_params_before
+    out = model(ids[:1]).logits
+    assert torch.isfinite(out).all()
+
+
+def test_ressvd_budget_counts_all_blocks():
+    model = tiny("llama", layers=4)
+    before = sum(m.weight.numel() for l in decoder_layers(model) for m in l.modules()
+                 if isinstance(m, torch.nn.Linear))
+    rep = sz.compress(model, sz.ResSVDConfig(ratio=0.8, last_fraction=0.5), calib(), progress=False)
+    assert {m.name.split(".")[2] for m in rep.modules} == {"2", "3"}
+    kept = before - rep.target_params_before + rep.target_params_after
+    assert 0.75 < kept / before <= 0.8 + 1e-9
+
+
+def test_qwen2_biases_are_kept():
+    model = tiny("qwen2")
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.bias is not None
+    bias = q.bias.detach().clone()
+    sz.compress(model, sz.SVDLLMConfig(ratio=0.5), calib(), progress=False)
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.bias, bias)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_block_replay_reproduces_the_model(arch):
+    model = tiny(arch)
+    ids = calib(2)
+    layers = decoder_layers(model)
+    hidden, args = replay.capture(model, layers, ids)
+    for layer, a in zip(layers, args):
+        hidden = replay.run_block(layer, hidden, a)
+    with torch.no_grad():
+        logits = model.lm_head(model.model.norm(torch.cat(hidden)))
+        ref = model(ids).logits
+    assert torch.allclose(logits, ref, atol=1e-5)
+
+
+def test_one_gram_per_distinct_input():
+    model = tiny("llama")
+    stats = api.collect_statistics(model, sz.SVDLLMConfig(), calib(), progress=False)
+    blk = "model.layers.1"
+    g = lambda s: stats[f"{blk}.{s}"]["gram"]
+    assert g("self_attn.q_proj") is g("self_attn.k_proj") is g("self_attn.v_proj")
+    assert g("mlp.gate_proj") is g("mlp.up_proj")
+    grams = {id(s["gram"]) for n, s in stats.items() if n.startswith(blk + ".")}
+    assert len(grams) == 4
+    assert stats[f"{blk}.self_attn.q_proj"]["tokens"] == calib().numel()
+
+
+def test_stats_reuse_matches_fresh_collection():
+    ids = calib()
+    a, b = tiny("llama"), tiny("llama")
+    cfg = sz.NSVDConfig(ratio=0.6)
+    stats = api.collect_statistics(b, cfg, ids, progress=False)
+    sz.compress(a, cfg, ids, progress=False)
+    sz.compress(b, cfg, progress=False, stats=stats)
+    with torch.no_grad():
+        assert torch.allclose(a(ids).logits, b(ids).logits, atol=1e-6)
+
+
+def test_sequential_differs_from_oneshot():
+    ids = calib()
+    a, b = tiny("llama"), tiny("llama")
+    sz.compress(a, sz.SVDLLMConfig(ratio=0.4), ids, progress=False)
+    sz.compress(b, sz.SVDLLMConfig(ratio=0.4, sequential=True), ids, progress=False)
+    qa = a.model.layers[2].self_attn.q_proj
+    qb = b.model.layers[2].self_attn.q_proj
+    assert not torch.allclose(qa.A @ qa.B, qb.A @ qb.B, atol=1e-4)
+
+
+def test_rank_deficient_calibration_reports_fallback():
+    model = tiny("llama")
+    ids = torch.randint(0, 128, (1, 6))  # 6 tokens < 64 channels: every Gram is singular
+    rep = sz.compress(model, sz.SVDLLMConfig(ratio=0.5), ids, progress=False)
+    assert len(rep.fallbacks()) == len(rep.modules)
+    assert "whitening fallbacks: 21 modules" in rep.summary()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nan_weight_is_named():
+    model = tiny("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"model.layers.1.mlp.up_proj: weight contains nan"):
+        sz.compress(model, sz.SVDConfig(), progress=False)
+
+
+def test_nan_activation_is_named_and_hooks_are_removed():
+    model = tiny("llama")
+    with torch.no_grad():
+        model.model.layers[0].post_attention_layernorm.weight[0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"model.layers.0.mlp.gate_proj: calibration statistic 'gram' contains nan"):
+        sz.compress(model, sz.SVDLLMConfig(), calib(), progress=False)
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    assert not any(isinstance(m, LowRankLinear) for m in model.modules())  # nothing half-swapped
+
+
+def test_bad_calls():
+    model = tiny("llama")
+    with pytest.raises(ValueError, match=r"svd_llm needs calibration token ids of shape \(N, seqlen\)"):
+        sz.compress(model, sz.SVDLLMConfig(), None, progress=False)
+    with pytest.raises(ValueError, match="no Linear layer in the decoder blocks matches"):
+        sz.compress(model, sz.SVDConfig(targets=("*nothing*",)), progress=False)
+    with pytest.raises(TypeError, match="config must be a CompressConfig"):
+        sz.compress(model, {"ratio": 0.5}, progress=False)
+
+
+def test_fwsvd_runs_and_restores_grad_flags():
+    model = tiny("llama")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    rep = sz.compress(model, sz.FWSVDConfig(ratio=0.6), calib(2), progress=False)
+    assert len(rep.modules) == 21
+    assert {n: p.requires_grad for n, p in model.named_parameters() if n in flags} == \
+        {n: f for n, f in flags.items() if n in dict(model.named_parameters())}
