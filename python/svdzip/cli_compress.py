@@ -26,7 +26,7 @@ def add_compress(sub) -> None:
     p.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")
     p.add_argument("--calib", default="wiki", help="calibration text: wiki, ptb or a text file")
     p.add_argument("--n-samples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
     p.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
     p.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
     p.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
@@ -39,6 +39,7 @@ def add_compress(sub) -> None:
     p.add_argument("--last-fraction", type=float, help="ressvd: fraction of blocks compressed (from the end)")
     p.add_argument("--eval", default="", help="comma list of datasets to evaluate before and after, e.g. wiki,ptb")
     p.add_argument("--max-windows", type=int, default=None, help="evaluation windows (default: wiki 60, ptb 40)")
+    p.add_argument("--eval-seqlen", type=int, default=512, help="evaluation window length (protocol: 512)")
     p.add_argument("--json", default=None, help="also write the report and ppl to this JSON file")
     p.add_argument("--per-module", action="store_true", help="print the per-module table")
     p.set_defaults(func=run_compress)
@@ -82,14 +83,14 @@ def run_compress(args) -> int:
     sets = [s for s in args.eval.split(",") if s]
     result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio}
     if sets:
-        result["dense_ppl"] = ev.evaluate(model, tok, sets, args.seqlen, args.max_windows)
+        result["dense_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows)
         print("dense ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in result["dense_ppl"].items()))
     calib = data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples, args.seqlen)
     report = api.compress(model, cfg, calib)
     print(report.summary(per_module=args.per_module))
     out = io.save_compressed(model, args.out, tokenizer=tok, report=report)
     if sets:
-        result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.seqlen, args.max_windows)
+        result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows)
         print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
               ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
     result.update(report=report.to_dict(), seconds=time.perf_counter() - t0, saved_to=str(out))

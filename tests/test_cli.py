@@ -1,0 +1,35 @@
+import json
+import os
+import subprocess
+import sys
+
+
+def svdzip(*args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-m", "svdzip", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_compress_then_eval_smollm2(tmp_path):
+    out, rep = tmp_path / "out", tmp_path / "report.json"
+    r = svdzip("compress", "smollm2-135m", str(out), "--method", "svd_llm", "--ratio", "0.8",
+               "--n-samples", "2", "--seqlen", "128", "--eval", "wiki", "--max-windows", "2",
+               "--json", str(rep))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "dense ppl: wiki" in r.stdout and "compressed ppl (svd_llm, ratio 0.8 kept)" in r.stdout
+    res = json.loads(rep.read_text())
+    assert 0.79 < res["report"]["ratio_targets"] <= 0.8
+    assert res["compressed_ppl"]["wiki"] > res["dense_ppl"]["wiki"]
+    r = svdzip("eval", str(out), "--data", "wiki", "--max-windows", "2", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["wiki"] == \
+        __import__("pytest").approx(res["compressed_ppl"]["wiki"], rel=1e-6)
+
+
+def test_cli_rejects_bad_input(tmp_path):
+    r = svdzip("compress", "smollm2-135m", str(tmp_path / "o"), "--ratio", "0")
+    assert r.returncode != 0 and "ratio = 0.0 must be a number in (0, 1]" in r.stderr
+    r = svdzip("compress", "no-such-model", str(tmp_path / "o"), "--method", "svd")
+    assert r.returncode != 0 and "neither a known model alias" in r.stderr
+    r = svdzip("eval", str(tmp_path), "--data", "wiki")
+    assert r.returncode != 0 and "config.json" in r.stderr
