@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# README's main command: set up (idempotent), show the environment, run the demo.
+# README's main command: set up (idempotent), then compress SmolLM2-135M with NSVD keeping 80%
+# of the decoder-block parameters, and print dense vs compressed perplexity (wiki and ptb,
+# the fixed protocol), the time taken and where the result was saved.
+#   OUT=dir scripts/main.sh    to choose the output directory (default out/smollm2-nsvd-0.8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY="${SVDZIP_VENV:-.venv}/bin/python"
-"$PY" -m svdzip env
-"$PY" -m svdzip demo
+"$PY" -m svdzip env | head -4
+OUT=${OUT:-out/smollm2-nsvd-0.8}
+exec "$PY" -m svdzip compress smollm2-135m "$OUT" --method nsvd --ratio 0.8 --eval wiki,ptb \
+  --json "$OUT.json"
