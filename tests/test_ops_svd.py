@@ -66,3 +66,18 @@ def test_svd_rejects_nan_and_names_position(native):
     A[1, 2, 0] = float("nan")
     with pytest.raises(RuntimeError, match=r"non-finite value nan at \(2, 0\)"):
         native.batched_svd(A, 2)
+
+
+def test_svd_recovers_where_gesdd_does_not_converge(native):
+    # An NSVD stage-2 residual of a SmolLM2 attention projection (rank 12 asked) on which
+    # OpenBLAS's dgesdd returns info = 1; the op must fall back to gesvd, not raise.
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    A = load_file(str(Path(__file__).parent / "data" / "gesdd_nonconvergent_576x576.safetensors"))["residual"]
+    U, S, Vh = native.batched_svd(A, 12)
+    full = torch.linalg.svdvals(A)
+    assert torch.allclose(S, full[:12], rtol=1e-10, atol=1e-12)
+    err = torch.linalg.matrix_norm(A - (U * S) @ Vh)
+    assert torch.allclose(err, full[12:].norm(), rtol=1e-8)

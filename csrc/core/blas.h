@@ -31,6 +31,12 @@ void sgesdd_(const char* jobz, const int* m, const int* n, float* a, const int* 
 void dgesdd_(const char* jobz, const int* m, const int* n, double* a, const int* lda, double* s,
              double* u, const int* ldu, double* vt, const int* ldvt, double* work,
              const int* lwork, int* iwork, int* info);
+void sgesvd_(const char* jobu, const char* jobvt, const int* m, const int* n, float* a,
+             const int* lda, float* s, float* u, const int* ldu, float* vt, const int* ldvt,
+             float* work, const int* lwork, int* info);
+void dgesvd_(const char* jobu, const char* jobvt, const int* m, const int* n, double* a,
+             const int* lda, double* s, double* u, const int* ldu, double* vt, const int* ldvt,
+             double* work, const int* lwork, int* info);
 void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info);
 void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info);
 void ssyevd_(const char* jobz, const char* uplo, const int* n, float* a, const int* lda, float* w,
@@ -83,6 +89,14 @@ inline void gesdd(const char* jobz, int m, int n, float* a, int lda, float* s, f
 inline void gesdd(const char* jobz, int m, int n, double* a, int lda, double* s, double* u,
                   int ldu, double* vt, int ldvt, double* work, int lwork, int* iwork, int* info) {
   dgesdd_(jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info);
+}
+inline void gesvd(int m, int n, float* a, int lda, float* s, float* u, int ldu, float* vt,
+                  int ldvt, float* work, int lwork, int* info) {
+  sgesvd_("S", "S", &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, info);
+}
+inline void gesvd(int m, int n, double* a, int lda, double* s, double* u, int ldu, double* vt,
+                  int ldvt, double* work, int lwork, int* info) {
+  dgesvd_("S", "S", &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, info);
 }
 inline void potrf(const char* uplo, int n, float* a, int lda, int* info) {
   spotrf_(uplo, &n, a, &lda, info);

@@ -47,20 +47,37 @@ void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* 
                 iwork.data(), &info);
   lwork = static_cast<int>(query) + 1;
   std::vector<T> work(static_cast<size_t>(lwork));
+  std::vector<T> gwork;  // gesvd workspace, sized on first use
   for (index_t b = 0; b < batch; ++b) {
     const T* ab = a + b * m * n;
     detail::check_finite(ab, m, n, n, "batched_svd input");
-    if (tall) {
-      for (index_t i = 0; i < m; ++i)
-        for (index_t j = 0; j < n; ++j) work_a[i + j * m] = ab[i * n + j];
-    } else {
-      std::memcpy(work_a.data(), ab, sizeof(T) * m * n);
-    }
+    auto load = [&] {  // LAPACK overwrites its input: (re)load matrix b in LAPACK's layout
+      if (tall) {
+        for (index_t i = 0; i < m; ++i)
+          for (index_t j = 0; j < n; ++j) work_a[i + j * m] = ab[i * n + j];
+      } else {
+        std::memcpy(work_a.data(), ab, sizeof(T) * m * n);
+      }
+    };
+    load();
     detail::gesdd("S", M, N, work_a.data(), M, ls.data(), lu.data(), M, lvt.data(), K, work.data(),
                   lwork, iwork.data(), &info);
+    if (info > 0) {
+      // gesdd's divide and conquer fails to converge on some real weight matrices (seen on
+      // SmolLM2 residuals); QR-iteration gesvd is slower but robust and equally exact.
+      load();
+      if (gwork.empty()) {
+        T q;
+        detail::gesvd(M, N, work_a.data(), M, ls.data(), lu.data(), M, lvt.data(), K, &q, -1, &info);
+        gwork.resize(static_cast<size_t>(q) + 1);
+      }
+      detail::gesvd(M, N, work_a.data(), M, ls.data(), lu.data(), M, lvt.data(), K, gwork.data(),
+                    static_cast<int>(gwork.size()), &info);
+    }
     if (info != 0)
-      throw Error("batched_svd: gesdd failed on matrix " + std::to_string(b) + " (info = " +
-                  std::to_string(info) + (info > 0 ? ", did not converge)" : ", bad argument)"));
+      throw Error("batched_svd: gesdd and gesvd failed on matrix " + std::to_string(b) +
+                  " (info = " + std::to_string(info) +
+                  (info > 0 ? ", did not converge)" : ", bad argument)"));
     T* ub = u + b * m * k;
     T* vb = vh + b * k * n;
     std::memcpy(s + b * k, ls.data(), sizeof(T) * k);

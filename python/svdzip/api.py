@@ -38,6 +38,12 @@ def _out_error(W: torch.Tensor, D: torch.Tensor, gram: torch.Tensor | None) -> f
     return float((num.clamp_min(0) / den).sqrt()) if den > 0 else None
 
 
+def _notes(prepared) -> dict:
+    """What the (first-stage) weighting reports: whitening path, dead channels, ..."""
+    first = prepared[0] if isinstance(prepared, tuple) else prepared
+    return dict(getattr(first, "notes", None) or {})
+
+
 def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> None:
     """Decompose each target with its (shared) prepared statistics and swap it in."""
     prepared: dict[str, object] = {}
@@ -56,8 +62,7 @@ def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> N
         D = W - A @ B
         new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=t.module.weight.dtype)
         setattr(t.parent, t.attr, new)
-        notes = dict(getattr(prepared[key], "notes", None) or
-                     (prepared[key][0].notes if isinstance(prepared[key], tuple) else {}))
+        notes = _notes(prepared[key])
         report.modules.append(ModuleReport(
             t.name, (m, n), k, m * n + (0 if t.module.bias is None else m),
             rank.lowrank_params(m, n, k) + (0 if t.module.bias is None else m),
