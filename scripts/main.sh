@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY="${SVDZIP_VENV:-.venv}/bin/python"
-"$PY" -m svdzip env | head -4
+"$PY" -m svdzip env
 OUT=${OUT:-out/smollm2-nsvd-0.8}
 exec "$PY" -m svdzip compress smollm2-135m "$OUT" --method nsvd --ratio 0.8 --eval wiki,ptb \
   --json "$OUT.json"
