@@ -16,8 +16,8 @@ from . import _native, _reference
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
-def _use_native(op: str, t: torch.Tensor, any_dtype: bool = False) -> bool:
-    return (any_dtype or t.dtype in _NATIVE_DTYPES) and _native.has_kernel(op, t.device)
+def _use_native(op: str, t: torch.Tensor) -> bool:
+    return t.dtype in _NATIVE_DTYPES and _native.has_kernel(op, t.device)
 
 
 def gram_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
