@@ -128,9 +128,11 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
         raise ValueError("stats= holds one-shot statistics; sequential=True collects its own")
     if kinds and stats is None:
         _check_calibration(config, calibration)
-    layers, targets = find_targets(model, config)
+    left_dense: list = []
+    layers, targets = find_targets(model, config, left_dense)
     _check_weights(targets)
-    report = Report(config.method, config.to_dict(), model_params_before=_count(model))
+    report = Report(config.method, config.to_dict(), model_params_before=_count(model),
+                    dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()))
     blocks = _by_block(targets)
     was_training = model.training
     model.eval()

@@ -25,17 +25,19 @@ class Report:
     modules: list[ModuleReport] = field(default_factory=list)
     model_params_before: int = 0
     model_params_after: int = 0
+    dense_target_params: int = 0      # targeted modules the config left dense (e.g. ResSVD's first blocks)
     seconds_stats: float = 0.0
     seconds_decompose: float = 0.0
     seconds_total: float = 0.0
 
     @property
     def target_params_before(self) -> int:
-        return sum(m.params_before for m in self.modules)
+        """All targeted parameters, compressed or left dense."""
+        return sum(m.params_before for m in self.modules) + self.dense_target_params
 
     @property
     def target_params_after(self) -> int:
-        return sum(m.params_after for m in self.modules)
+        return sum(m.params_after for m in self.modules) + self.dense_target_params
 
     @property
     def ratio_targets(self) -> float:

@@ -36,9 +36,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return max(pool, key=len)
 
 
-def find_targets(model: nn.Module, cfg) -> tuple[nn.ModuleList, list[Target]]:
+def find_targets(model: nn.Module, cfg, dense: list | None = None) -> tuple[nn.ModuleList, list[Target]]:
     """Linear modules inside the decoder blocks that match cfg.targets and not cfg.ignore,
-    each with its kept ratio (modules whose ratio is 1 or that the config leaves dense are omitted)."""
+    each with its kept ratio. Matching modules the config leaves dense (ratio 1, blocks before
+    the last L) are omitted, and appended to `dense` when a list is given."""
     layers = decoder_layers(model)
     block_of = {id(layer): i for i, layer in enumerate(layers)}
     names = {id(m): n for n, m in model.named_modules()}
@@ -55,6 +56,8 @@ def find_targets(model: nn.Module, cfg) -> tuple[nn.ModuleList, list[Target]]:
                 r = rank.module_ratio(name, i, len(layers), cfg)
                 if r is not None:
                     out.append(Target(name, i, parent, attr, child, r))
+                elif dense is not None:
+                    dense.append(child)
     if not out:
         raise ValueError(f"no Linear layer in the decoder blocks matches targets={list(cfg.targets)} "
                          f"ignore={list(cfg.ignore)} with a ratio below 1")
