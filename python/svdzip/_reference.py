@@ -71,10 +71,15 @@ def whitening_factor(G: torch.Tensor, jitter: float = 1e-6):
         L, info = torch.linalg.cholesky_ex(G + shift * eye)
         if int(info) == 0:
             return L, _info(0 if i == 0 else 1, shift, 0, G.device)
+    F, floor, clamped = eigen_factor(G, jitter)
+    return F, _info(2, floor, clamped, G.device)
+
+
+def eigen_factor(G: torch.Tensor, jitter: float) -> tuple[torch.Tensor, float, int]:
+    """Q·Λ^½ with eigenvalues floored at max(jitter, n·eps)·λmax: (factor, floor, clamped)."""
     w, Q = torch.linalg.eigh(G)
-    floor = max(jitter, torch.finfo(G.dtype).eps * n) * float(w[-1])
-    clamped = int((w < floor).sum())
-    return Q * w.clamp_min(floor).sqrt(), _info(2, floor, clamped, G.device)
+    floor = max(jitter, torch.finfo(G.dtype).eps * G.shape[0]) * float(w[-1])
+    return Q * w.clamp_min(floor).sqrt(), floor, int((w < floor).sum())
 
 
 def _info(path: int, shift: float, clamped: int, device) -> torch.Tensor:

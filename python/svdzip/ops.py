@@ -20,38 +20,32 @@ def _use_native(op: str, t: torch.Tensor) -> bool:
     return t.dtype in _NATIVE_DTYPES and _native.has_kernel(op, t.device)
 
 
+def _impl(op: str, t: torch.Tensor):
+    """torch.ops.svdzip.<op> when it has a kernel for t's device and dtype, else the reference."""
+    return getattr(torch.ops.svdzip, op) if _use_native(op, t) else getattr(_reference, op)
+
+
 def gram_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """acc (n, n) += alpha * xᵀx over all rows of x (..., n). Returns acc."""
-    if _use_native("gram_accumulate_", acc):
-        torch.ops.svdzip.gram_accumulate_(acc, x, alpha)
-    else:
-        _reference.gram_accumulate_(acc, x, alpha)
+    _impl("gram_accumulate_", acc)(acc, x, alpha)
     return acc
 
 
 def abs_mean_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """acc (n) += alpha * Σ_rows |x|; with alpha = 1/tokens this is ASVD's mean |x|."""
-    if _use_native("abs_mean_accumulate_", acc):
-        torch.ops.svdzip.abs_mean_accumulate_(acc, x, alpha)
-    else:
-        _reference.abs_mean_accumulate_(acc, x, alpha)
+    _impl("abs_mean_accumulate_", acc)(acc, x, alpha)
     return acc
 
 
 def abs_max_accumulate_(acc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """acc (n) = max(acc, max_rows |x|)."""
-    if _use_native("abs_max_accumulate_", acc):
-        torch.ops.svdzip.abs_max_accumulate_(acc, x)
-    else:
-        _reference.abs_max_accumulate_(acc, x)
+    _impl("abs_max_accumulate_", acc)(acc, x)
     return acc
 
 
 def batched_svd(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank-k truncated SVD of A (..., m, n) -> U (..., m, k), S (..., k), Vh (..., k, n)."""
-    if _use_native("batched_svd", A):
-        return torch.ops.svdzip.batched_svd(A, k)
-    return _reference.batched_svd(A, k)
+    return _impl("batched_svd", A)(A, k)
 
 
 @dataclass(frozen=True)
@@ -70,10 +64,7 @@ class Whitening:
 
 def whitening_factor(G: torch.Tensor, jitter: float = 1e-6) -> Whitening:
     """Cholesky of a Gram, with growing jitter, then a clamped-eigen fallback; never NaN."""
-    if _use_native("whitening_factor", G):
-        F, info = torch.ops.svdzip.whitening_factor(G, jitter)
-    else:
-        F, info = _reference.whitening_factor(G, jitter)
+    F, info = _impl("whitening_factor", G)(G, jitter)
     path, shift, clamped = info.tolist()
     return Whitening(F, _reference.PATHS[int(path)], float(shift), int(clamped))
 

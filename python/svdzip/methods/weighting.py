@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import ops
+from .. import _reference, ops
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,8 @@ def whitened(gram: torch.Tensor, jitter: float) -> Weighting:
 
 def whitened_eigen(gram: torch.Tensor, jitter: float) -> Weighting:
     """Symmetric-eigen factor Q·Λ^½ of the Gram (NSVD-II), eigenvalues floored for invertibility."""
-    G = gram.double()
-    lam, Q = torch.linalg.eigh(G)
-    floor = max(jitter, torch.finfo(G.dtype).eps * G.shape[0]) * float(lam[-1])
-    clamped = int((lam < floor).sum())
-    return Weighting(right=Q * lam.clamp_min(floor).sqrt(),
-                     notes={"whitening": "eigen", "shift": floor, "clamped": clamped})
+    F, floor, clamped = _reference.eigen_factor(gram.double(), jitter)
+    return Weighting(right=F, notes={"whitening": "eigen", "shift": floor, "clamped": clamped})
 
 
 def channel_scale(stat: torch.Tensor, alpha: float) -> Weighting:
