@@ -73,7 +73,6 @@ def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> N
 def _check_stats(stats: dict, targets: list[Target], kinds) -> None:
     for t in targets:
         have = set(stats.get(t.name, {}))
-        have |= {"abs_mean", "abs_max"} if "abs_mean" in have else set()
         missing = set(kinds) - have
         if missing:
             raise ValueError(f"{t.name}: statistics {sorted(missing)} missing from stats=")
@@ -110,6 +109,10 @@ def collect_statistics(model, config: CompressConfig, calibration: torch.Tensor,
     _check_calibration(config, calibration)
     _, targets = find_targets(model, config)
     _check_weights(targets)
+    return _one_shot(model, targets, calibration, kinds, progress)
+
+
+def _one_shot(model, targets, calibration, kinds, progress) -> dict[str, dict]:
     if "fisher" in kinds:
         return row_fisher(model, targets, calibration, progress)
     return _collect(model, targets, calibration, kinds, progress)
@@ -142,7 +145,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
         else:
             t0 = time.perf_counter()
             if stats is None:
-                stats = collect_statistics(model, config, calibration, kinds, progress) if kinds else {}
+                stats = _one_shot(model, targets, calibration, kinds, progress) if kinds else {}
             _check_stats(stats, targets, kinds)
             report.seconds_stats = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -75,9 +75,8 @@ class StatsCollector:
         st["tokens"] += rows.shape[0]
         if "gram" in st:
             ops.gram_accumulate_(st["gram"], rows)
-        if "abs_mean" in st:
+        if "abs_sum" in st:  # mean|x| and max|x| are collected together
             ops.abs_mean_accumulate_(st["abs_sum"], rows)
-        if "abs_max" in st:
             ops.abs_max_accumulate_(st["abs_max"], rows)
 
     def _empty(self, n: int, device) -> dict:
@@ -85,7 +84,6 @@ class StatsCollector:
         if "gram" in self.kinds:
             st["gram"] = torch.zeros(n, n, dtype=self.gram_dtype, device=device)
         if "abs_mean" in self.kinds or "abs_max" in self.kinds:
-            st["abs_mean"] = True
             st["abs_sum"] = torch.zeros(n, dtype=torch.float64, device=device)
             st["abs_max"] = torch.zeros(n, dtype=torch.float64, device=device)
         return st
