@@ -35,7 +35,11 @@ def machine(device: str = "cpu") -> dict:
             "svdzip": svdzip.__version__, "native": svdzip.native_available(),
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if device == "cuda":
+        from svdzip import _native
+
         info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        info["svdzip_cuda_kernels"] = _native.has_kernel("batched_svd", torch.device("cuda"))
     return info
 
 

@@ -48,6 +48,27 @@ def svd_case(dev, m, n):
             lambda: ops.batched_svd(W, min(m, n)), None)
 
 
+def model_svd_case(dev):
+    """SmolLM2's 210 linear weights (30 blocks x q, k, v, o, gate, up, down), fp32: a
+    torch.linalg.svd loop vs one batched_svd call per distinct shape."""
+    per_block = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+    counts: dict[tuple[int, int], int] = {}
+    for shape in per_block:
+        counts[shape] = counts.get(shape, 0) + 30
+    mats = [torch.randn(c, *shape, device=dev) for shape, c in counts.items()]
+
+    def loop():
+        for batch in mats:
+            for W in batch:
+                torch.linalg.svd(W, full_matrices=False)
+
+    def ours():
+        for batch in mats:
+            ops.batched_svd(batch, min(batch.shape[-2:]))
+
+    return ("svd 210 SmolLM2 matrices (loop vs batched)", loop, ours, None)
+
+
 def whitening_case(dev, n):
     x = torch.randn(4 * n, n, device=dev, dtype=torch.float64)
     G = x.T @ x
@@ -72,12 +93,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--llama", action="store_true", help="add LLaMA-7B shapes (slow on CPU)")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--model-svd", action=argparse.BooleanOptionalAction, default=None,
+                    help="SVD of all 210 SmolLM2 matrices (default: on for cuda, off for cpu)")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
     torch.manual_seed(0)
     dev = args.device
     shapes = SMOL + (LLAMA if args.llama else [])
     ins = sorted({n for _, n in shapes})
     cases = [gram_case(dev, n) for n in ins] + [svd_case(dev, m, n) for m, n in shapes]
+    if args.model_svd if args.model_svd is not None else dev == "cuda":
+        cases.append(model_svd_case(dev))
     cases += [whitening_case(dev, n) for n in ins]
     cases += [c for m, n in shapes for t in (1, 2048) for c in lowrank_cases(dev, m, n, t)]
     rows = []

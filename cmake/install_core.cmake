@@ -3,6 +3,11 @@ include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 install(TARGETS svdzip_core EXPORT svdzipTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(DIRECTORY csrc/core/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+if(SVDZIP_WITH_CUDA)
+  # cuBLAS/cuSOLVER are recorded by absolute path (the wheels have no CMake targets).
+  install(TARGETS svdzip_core_cuda EXPORT svdzipTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  install(DIRECTORY csrc/cuda/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+endif()
 install(EXPORT svdzipTargets NAMESPACE svdzip:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/svdzip)
 configure_package_config_file(cmake/svdzipConfig.cmake.in
   ${CMAKE_CURRENT_BINARY_DIR}/svdzipConfig.cmake INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/svdzip)

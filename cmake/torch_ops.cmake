@@ -9,12 +9,29 @@ endif()
 execute_process(COMMAND ${Python_EXECUTABLE} -m pybind11 --cmakedir OUTPUT_VARIABLE _pybind_dir
                 OUTPUT_STRIP_TRAILING_WHITESPACE)
 list(APPEND CMAKE_PREFIX_PATH "${_torch_prefix}" "${_pybind_dir}")
+if(SVDZIP_WITH_CUDA)
+  # Torch's CMake looks for the toolkit itself: point it at nvcc's (a wrapper script may sit
+  # on PATH), and keep it off architectures nvcc 13 no longer knows (sm_50 ... sm_70).
+  if(NOT CUDA_TOOLKIT_ROOT_DIR)
+    set(CUDA_TOOLKIT_ROOT_DIR "${CMAKE_CUDA_COMPILER_TOOLKIT_ROOT}")
+  endif()
+  if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+    set(ENV{TORCH_CUDA_ARCH_LIST} "8.0;9.0")
+  endif()
+endif()
 find_package(Torch REQUIRED)
 find_package(pybind11 CONFIG REQUIRED)
 
 Python_add_library(_C MODULE WITH_SOABI
   csrc/torch/schemas.cpp csrc/torch/cpu_ops.cpp csrc/torch/cpu_gemm_ops.cpp csrc/torch/module.cpp)
 target_link_libraries(_C PRIVATE svdzip_core torch pybind11::headers)
+if(SVDZIP_WITH_CUDA)
+  target_sources(_C PRIVATE csrc/torch/cuda_ops.cpp)
+  target_link_libraries(_C PRIVATE svdzip_core_cuda)
+endif()
+if(Torch_VERSION VERSION_GREATER_EQUAL 2.14)
+  target_compile_features(_C PRIVATE cxx_std_20)  # torch 2.14's headers require C++20
+endif()
 target_compile_definitions(_C PRIVATE
   SVDZIP_TORCH_VERSION="${Torch_VERSION}" SVDZIP_WITH_CUDA=${SVDZIP_WITH_CUDA})
 install(TARGETS _C LIBRARY DESTINATION svdzip)

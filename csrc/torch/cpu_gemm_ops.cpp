@@ -35,21 +35,8 @@ void gram_accumulate_cpu(at::Tensor& acc, const at::Tensor& x, double alpha) {
 
 at::Tensor lowrank_linear_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                               const std::optional<at::Tensor>& bias) {
-  check_float_dtype(x, "lowrank_linear", "x");
-  TORCH_CHECK_VALUE(A.dim() == 2 && B.dim() == 2 && x.dim() >= 1,
-                    "lowrank_linear: A and B must be 2-D, got A ", A.sizes(), ", B ", B.sizes());
-  const int64_t m = A.size(0), k = A.size(1), n = B.size(1);
-  TORCH_CHECK_VALUE(B.size(0) == k, "lowrank_linear: A is ", A.sizes(), " but B is ", B.sizes(),
-                    " (need A (m, k) and B (k, n))");
-  TORCH_CHECK_VALUE(x.size(-1) == n, "lowrank_linear: x's last dim ", x.size(-1),
-                    " != B's in-features ", n);
-  TORCH_CHECK_TYPE(A.scalar_type() == x.scalar_type() && B.scalar_type() == x.scalar_type(),
-                   "lowrank_linear: dtypes differ: x ", x.scalar_type(), ", A ", A.scalar_type(),
-                   ", B ", B.scalar_type());
-  if (bias.has_value())
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == m && bias->scalar_type() == x.scalar_type(),
-                      "lowrank_linear: bias must be (", m, ") of ", x.scalar_type(), ", got ",
-                      bias->sizes(), " ", bias->scalar_type());
+  check_lowrank_args(x, A, B, bias);
+  const int64_t m = A.size(0), n = B.size(1);
   at::Tensor rows = x.reshape({-1, n});
   auto out_shape = x.sizes().vec();
   out_shape.back() = m;

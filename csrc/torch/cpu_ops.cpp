@@ -44,21 +44,10 @@ void abs_max_accumulate_cpu(at::Tensor& acc, const at::Tensor& x) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_svd_cpu(const at::Tensor& A, int64_t k) {
-  check_float_dtype(A, "batched_svd", "A");
-  TORCH_CHECK_VALUE(A.dim() >= 2, "batched_svd: A must have at least 2 dims, got ", A.sizes());
-  const index_t m = A.size(-2), n = A.size(-1);
-  TORCH_CHECK_VALUE(m > 0 && n > 0, "batched_svd: empty matrices ", A.sizes());
-  TORCH_CHECK_VALUE(k >= 1 && k <= std::min(m, n), "batched_svd: k = ", k,
-                    " must be in [1, min(m, n) = ", std::min(m, n), "] for A of shape ", A.sizes());
+  check_svd_args(A, k);
   at::Tensor a = A.contiguous();
-  auto batch_shape = A.sizes().slice(0, A.dim() - 2).vec();
-  const index_t batch = c10::multiply_integers(batch_shape);
-  auto with = [&](std::initializer_list<int64_t> tail) {
-    auto s = batch_shape;
-    s.insert(s.end(), tail.begin(), tail.end());
-    return at::empty(s, a.options());
-  };
-  at::Tensor U = with({m, k}), S = with({k}), Vh = with({k, n});
+  const index_t m = a.size(-2), n = a.size(-1), batch = a.numel() / (m * n);
+  auto [U, S, Vh] = svd_outputs(a, k);
   BlasThreadsForScope threads;
   call_core("batched_svd", [&] {
     AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "batched_svd", [&] {
@@ -70,10 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_svd_cpu(const at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor> whitening_factor_cpu(const at::Tensor& G, double jitter) {
-  check_float_dtype(G, "whitening_factor", "G");
-  TORCH_CHECK_VALUE(G.dim() == 2 && G.size(0) == G.size(1) && G.size(0) > 0,
-                    "whitening_factor: G must be a non-empty square matrix, got ", G.sizes());
-  TORCH_CHECK_VALUE(jitter >= 0, "whitening_factor: jitter = ", jitter, " must be >= 0");
+  check_whitening_args(G, jitter);
   at::Tensor g = G.contiguous();
   at::Tensor F = at::empty_like(g);
   core::WhiteningInfo info;
@@ -84,12 +70,7 @@ std::tuple<at::Tensor, at::Tensor> whitening_factor_cpu(const at::Tensor& G, dou
                                     F.data_ptr<scalar_t>());
     });
   });
-  at::Tensor out = at::empty({3}, g.options().dtype(at::kDouble));
-  auto* p = out.data_ptr<double>();
-  p[0] = static_cast<double>(static_cast<int>(info.path));
-  p[1] = info.shift;
-  p[2] = static_cast<double>(info.clamped);
-  return {F, out};
+  return {F, whitening_info(info, g)};
 }
 
 }  // namespace

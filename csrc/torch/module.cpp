@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 
 #include "svdzip/core.h"
+#if SVDZIP_WITH_CUDA
+#include "svdzip/cuda.h"
+#endif
 
 #ifndef SVDZIP_TORCH_VERSION
 #define SVDZIP_TORCH_VERSION "unknown"
@@ -15,6 +18,9 @@ PYBIND11_MODULE(_C, m) {
     d["core"] = svdzip::core::build_info();
     d["torch_version"] = SVDZIP_TORCH_VERSION;
     d["cuda"] = bool(SVDZIP_WITH_CUDA);
+#if SVDZIP_WITH_CUDA
+    d["cuda_core"] = svdzip::cuda::build_info();
+#endif
     return d;
   }, "How this extension was built: core info, the torch it was compiled against, CUDA.");
 }

@@ -42,6 +42,7 @@ def add_compress(sub) -> None:
     p.add_argument("--eval-seqlen", type=int, default=512, help="evaluation window length (protocol: 512)")
     p.add_argument("--json", default=None, help="also write the report and ppl to this JSON file")
     p.add_argument("--per-module", action="store_true", help="print the per-module table")
+    p.add_argument("--device", default="cpu", help="where to compress and evaluate: cpu, cuda, cuda:1")
     p.set_defaults(func=run_compress)
 
 
@@ -52,6 +53,7 @@ def add_eval(sub) -> None:
     p.add_argument("--max-windows", type=int, default=None)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
     p.set_defaults(func=run_eval)
 
 
@@ -73,13 +75,22 @@ def make_config(args):
         raise SystemExit(f"svdzip compress: {exc}") from exc
 
 
+def _device(name: str) -> torch.device:
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch sees no CUDA device (torch {torch.__version__})")
+    return dev
+
+
 def run_compress(args) -> int:
     from . import api, data, eval as ev, io, models
 
     torch.manual_seed(0)
     cfg = make_config(args)
     t0 = time.perf_counter()
+    device = _device(args.device)
     model, tok = models.load(args.model)
+    model.to(device)
     sets = [s for s in args.eval.split(",") if s]
     result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio}
     if sets:
@@ -104,7 +115,9 @@ def run_compress(args) -> int:
 def run_eval(args) -> int:
     from . import eval as ev, models
 
+    device = _device(args.device)
     model, tok = models.load(args.model)
+    model.to(device)
     res = ev.evaluate(model, tok, [s for s in args.data.split(",") if s], args.seqlen, args.max_windows)
     print(json.dumps(res) if args.json else "\n".join(f"{k}: ppl {v:.3f}" for k, v in res.items()))
     return 0
