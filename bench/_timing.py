@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from svdzip.benchmark import median_time  # noqa: F401  (re-exported for the scripts)
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def median_time(fn, repeats: int = 7, warmup: int = 2, device: str = "cpu") -> float:
-    """Median wall seconds of fn() over `repeats` runs after `warmup` runs."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def machine(device: str = "cpu") -> dict:

@@ -1,4 +1,4 @@
-"""svdzip command line: compress, eval, env, demo."""
+"""svdzip command line: compress, eval, plot, bench, env, demo."""
 
 from __future__ import annotations
 
@@ -32,8 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
     from .cli_compress import add_compress, add_eval
 
+    from .cli_bench import add_bench
+    from .cli_plot import add_plot
+
     add_compress(sub)
     add_eval(sub)
+    add_plot(sub)
+    add_bench(sub)
     return p
 
 

@@ -1,0 +1,139 @@
+"""Whole-model compression cost on SmolLM2-135M: wall time split into statistics /
+decomposition / evaluation, and peak memory, per method at one ratio, one-shot and sequential.
+
+  python bench/bench_compress.py                          # all methods, 0.8, both modes
+  python bench/bench_compress.py --methods svd_llm nsvd --modes oneshot --max-windows 8
+
+Each configuration runs in a fresh child process, so its peak RSS (ru_maxrss) is its own.
+A reference child measures, in the same run, what the issue's target is stated against: one
+plain calibration forward pass (no hooks) and one fp64 torch.linalg.svd of each targeted weight.
+Writes bench/results/compress_<tag>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from _timing import machine, write_json
+
+ALL_METHODS = ["svd", "fwsvd", "asvd", "svd_llm", "nsvd", "ressvd"]
+SVDS_PER_MODULE = {"svd": 1, "fwsvd": 1, "asvd": 1, "svd_llm": 1, "nsvd": 2, "ressvd": 2}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _setup(args):
+    from svdzip import data, models
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    model, tok = models.load("smollm2-135m")
+    calib = data.calibration_batches(tok, n_samples=args.n_samples, seqlen=args.seqlen)
+    return model, tok, calib
+
+
+def child_reference(args) -> dict:
+    """One calibration forward (no hooks) and one fp64 SVD per targeted weight."""
+    from svdzip.config import SVDConfig
+    from svdzip.pipeline.walk import find_targets
+
+    model, _, calib = _setup(args)
+    with torch.no_grad():
+        model(calib[:1], use_cache=False)  # warm-up
+        t = time.perf_counter()
+        for row in calib:
+            model(row.unsqueeze(0), use_cache=False)
+        forward = time.perf_counter() - t
+    _, targets = find_targets(model, SVDConfig(ratio=0.8))
+    t = time.perf_counter()
+    for tg in targets:
+        torch.linalg.svd(tg.module.weight.detach().double(), full_matrices=False)
+    svd = time.perf_counter() - t
+    model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return {"forward_s": forward, "svd_fp64_s": svd, "modules": len(targets),
+            "model_mb": model_mb, "peak_rss_mb": _rss_mb()}
+
+
+def child_run(args, method: str, mode: str) -> dict:
+    import svdzip as sz
+    from svdzip import eval as ev
+    from svdzip.config import CONFIGS
+
+    model, tok, calib = _setup(args)
+    rss_loaded = _rss_mb()
+    cfg = CONFIGS[method](ratio=args.ratio, sequential=mode == "sequential")
+    rep = sz.compress(model, cfg, calib, progress=False)
+    rss_compressed = _rss_mb()
+    t = time.perf_counter()
+    ppl = ev.evaluate(model, tok, ["wiki"], 512, args.max_windows, progress=False)["wiki"]
+    eval_s = time.perf_counter() - t
+    return {"method": method, "mode": mode, "ratio": args.ratio,
+            "seconds_stats": rep.seconds_stats, "seconds_decompose": rep.seconds_decompose,
+            "seconds_compress": rep.seconds_total, "seconds_eval": eval_s,
+            "eval_windows": args.max_windows, "wiki_ppl": ppl,
+            "peak_rss_mb_after_load": rss_loaded, "peak_rss_mb_after_compress": rss_compressed,
+            "peak_rss_mb": _rss_mb()}
+
+
+def _spawn(args, *extra) -> dict:
+    cmd = [sys.executable, __file__, "--child", *extra, "--ratio", str(args.ratio),
+           "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen),
+           "--max-windows", str(args.max_windows), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {extra} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
+    ap.add_argument("--modes", nargs="+", default=["oneshot", "sequential"], choices=["oneshot", "sequential"])
+    ap.add_argument("--ratio", type=float, default=0.8)
+    ap.add_argument("--n-samples", type=int, default=32)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--max-windows", type=int, default=16, help="wiki windows evaluated after compression")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="smollm2")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        res = child_reference(args) if args.child[0] == "reference" else child_run(args, *args.child)
+        print(json.dumps(res))
+        return
+
+    ref = _spawn(args, "reference")
+    print(f"reference: calibration forward {ref['forward_s']:.1f} s, {ref['modules']} fp64 SVDs "
+          f"{ref['svd_fp64_s']:.1f} s, model {ref['model_mb']:.0f} MiB, peak RSS {ref['peak_rss_mb']:.0f} MiB",
+          flush=True)
+    out = {"machine": machine(), "protocol": {k: v for k, v in vars(args).items() if k != "child"},
+           "reference": ref, "rows": []}
+    print(f"{'method':8s} {'mode':10s} {'stats s':>8s} {'decomp s':>8s} {'eval s':>7s} "
+          f"{'vs ref':>6s} {'peak RSS MiB':>12s} {'wiki ppl':>9s}", flush=True)
+    for mode in args.modes:
+        for method in args.methods:
+            if method == "fwsvd" and mode == "sequential":
+                continue  # Fisher needs whole-model gradients: one-shot only
+            row = _spawn(args, method, mode)
+            budget = ref["forward_s"] + SVDS_PER_MODULE[method] * ref["svd_fp64_s"]
+            row["target_budget_s"] = budget
+            row["compress_vs_budget"] = row["seconds_compress"] / budget
+            row["peak_rss_over_model"] = (row["peak_rss_mb"] - ref["peak_rss_mb"] + ref["model_mb"]) / ref["model_mb"]
+            out["rows"].append(row)
+            write_json(f"compress_{args.tag}.json", out)
+            print(f"{method:8s} {mode:10s} {row['seconds_stats']:8.1f} {row['seconds_decompose']:8.1f} "
+                  f"{row['seconds_eval']:7.1f} {row['compress_vs_budget']:5.2f}x {row['peak_rss_mb']:12.0f} "
+                  f"{row['wiki_ppl']:9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
