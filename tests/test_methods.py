@@ -107,3 +107,18 @@ def test_eigen_weighting_is_a_square_root_of_the_gram(gen):
     _, _, stats = _problem(gen)
     w = weighting.whitened_eigen(stats["gram"], 1e-12)
     assert torch.allclose(w.right @ w.right.T, stats["gram"], rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("cfg", [SVDConfig(), ASVDConfig(), SVDLLMConfig(), NSVDConfig(), ResSVDConfig(),
+                                 NSVDConfig(variant="II")])
+def test_truncator_equals_decompose_at_every_rank(gen, cfg):
+    """Rank-allocation trials truncate one SVD instead of refactoring: same factors' product."""
+    W, _, stats = _problem(gen)
+    meth = methods.get(cfg.method)
+    prepared = meth.prepare(stats, cfg)
+    trunc = meth.truncator(W, prepared, cfg)
+    for k in (1, 4, 9, 16):
+        A, B = trunc(k)
+        A2, B2 = meth.decompose(W, prepared, k, cfg)
+        assert A.shape == (24, k) and B.shape == (k, 16)
+        assert torch.allclose(A @ B, A2 @ B2, atol=1e-9), (cfg.method, k)

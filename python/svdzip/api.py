@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from . import methods, rank
+from . import allocation, methods, rank
 from .calibration.collector import StatsCollector
 from .calibration.fisher import row_fisher
 from .config import CompressConfig
@@ -134,8 +136,22 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     left_dense: list = []
     layers, targets = find_targets(model, config, left_dense)
     _check_weights(targets)
+    allocated, alloc_stats_s = None, 0.0
+    if config.allocation == "sensitivity":
+        t0 = time.perf_counter()
+        if stats is None and kinds:
+            stats = _one_shot(model, targets, calibration, kinds, progress)
+            alloc_stats_s = time.perf_counter() - t0
+        config, allocated = _allocate_by_sensitivity(model, layers, targets, stats or {}, config,
+                                                     method, calibration, progress)
+        allocated["seconds_total"] = time.perf_counter() - t0
+        if config.sequential:
+            stats = None  # sequential collects its own; the one-shot ones served the trials
+        left_dense = []
+        layers, targets = find_targets(model, config, left_dense)
     report = Report(config.method, config.to_dict(), model_params_before=_count(model),
-                    dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()))
+                    dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
+                    allocation=allocated, seconds_stats=alloc_stats_s)
     blocks = _by_block(targets)
     was_training = model.training
     model.eval()
@@ -147,7 +163,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
             if stats is None:
                 stats = _one_shot(model, targets, calibration, kinds, progress) if kinds else {}
             _check_stats(stats, targets, kinds)
-            report.seconds_stats = time.perf_counter() - t0
+            report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
             for i in tqdm(sorted(blocks), desc=f"{config.method} blocks", disable=not progress):
                 _apply(blocks[i], stats, config, method, report)
@@ -157,6 +173,24 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     report.model_params_after = _count(model)
     report.seconds_total = time.perf_counter() - t_start
     return report
+
+
+def _allocate_by_sensitivity(model, layers, targets, stats, config, method, calibration, progress):
+    """Per-module ratios from sensitivity trials, returned as exact-name overrides (modules the
+    user overrode keep their ratio and count against the budget)."""
+    if calibration is None:
+        raise ValueError("allocation='sensitivity' needs calibration token ids for its trials")
+    user = {t.name for t in targets if rank.match(t.name, config.overrides)}
+    free = [t for t in targets if t.name not in user]
+    table = allocation.sensitivity_table(model, layers, free, stats, config, method, calibration, progress)
+    shapes = {t.name: t.shape for t in targets}
+    budget = math.floor(config.ratio * sum(m * n for m, n in shapes.values()))
+    budget -= sum(allocation._params(shapes[t.name], t.ratio) for t in targets if t.name in user)
+    ratios = allocation.allocate({t.name: table["ppl"][t.name] for t in free}, shapes, budget)
+    new = dataclasses.replace(config, overrides={**config.overrides, **ratios})
+    info = {"kind": "sensitivity", "ratios": ratios, "dense_slice_ppl": table["dense_ppl"],
+            "trial_seconds": table["seconds"], "cached": table["cached"], "budget_params": budget}
+    return new, info
 
 
 def _sequential(model, layers, blocks, calibration, kinds, config, method, report, progress):

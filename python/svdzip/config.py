@@ -27,6 +27,9 @@ def _check_fraction(value: Any, what: str) -> None:
         raise ValueError(f"{what} = {value!r} must be in (0, 1]")
 
 
+ALLOCATIONS = ("uniform", "last_blocks", "sensitivity")
+
+
 @dataclass
 class CompressConfig:
     """Options every method shares.
@@ -38,6 +41,12 @@ class CompressConfig:
     sequential  statistics block by block on the already-compressed model (else one-shot)
     last_blocks compress only the last L decoder blocks, at the per-block ratio that keeps
                 the overall budget (ResSVD's scheme); None = all blocks at `ratio`
+    allocation  how the budget is spread over modules: "uniform" (every module at `ratio`),
+                "last_blocks" (set implicitly by last_blocks / ResSVD's last_fraction), or
+                "sensitivity" (ASVD: per-module ratios from calibration-perplexity trials at
+                `sensitivity_ratios`, the budget met exactly in parameters; ignores last-L)
+    sensitivity_windows, sensitivity_seqlen
+                the calibration slice the sensitivity trials are scored on
     """
 
     method: ClassVar[str] = ""
@@ -48,6 +57,10 @@ class CompressConfig:
     sequential: bool = False
     last_blocks: int | None = None
     jitter: float = 1e-6
+    allocation: str = "uniform"
+    sensitivity_ratios: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    sensitivity_windows: int = 2
+    sensitivity_seqlen: int = 256
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -62,10 +75,30 @@ class CompressConfig:
             raise ValueError(f"last_blocks = {self.last_blocks!r} must be a positive integer or None")
         if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
             raise ValueError(f"jitter = {self.jitter!r} must be in [0, 1)")
+        self._check_allocation()
+
+    def _check_allocation(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation = {self.allocation!r} must be one of {ALLOCATIONS}")
+        last_l = self.last_blocks is not None or getattr(self, "last_fraction", None) is not None
+        if self.allocation == "uniform" and last_l:
+            self.allocation = "last_blocks"
+        if self.allocation == "last_blocks" and not last_l:
+            raise ValueError("allocation = 'last_blocks' needs last_blocks=L (the number of final blocks)")
+        self.sensitivity_ratios = tuple(sorted(self.sensitivity_ratios))
+        if not self.sensitivity_ratios:
+            raise ValueError("sensitivity_ratios must not be empty")
+        for r in self.sensitivity_ratios:
+            _check_ratio(r, "sensitivity_ratios entry")
+        for name in ("sensitivity_windows", "sensitivity_seqlen"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name.endswith("windows") else 2):
+                raise ValueError(f"{name} = {v!r} must be a positive integer (seqlen >= 2)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["targets"], d["ignore"] = list(self.targets), list(self.ignore)
+        d["sensitivity_ratios"] = list(self.sensitivity_ratios)
         return {"version": FORMAT_VERSION, "method": self.method, **d}
 
     @staticmethod

@@ -29,6 +29,7 @@ class Report:
     seconds_stats: float = 0.0
     seconds_decompose: float = 0.0
     seconds_total: float = 0.0
+    allocation: dict | None = None    # sensitivity allocation: ratios per module, trial time, cache hit
 
     @property
     def target_params_before(self) -> int:
@@ -80,4 +81,11 @@ class Report:
             f"total {self.seconds_total:.1f} s",
             f"whitening fallbacks: {len(fb)} modules" + (f" ({sorted(set(fb.values()))})" if fb else ""),
         ]
+        if self.allocation:
+            a = self.allocation
+            kept = sorted(a["ratios"].values())
+            trials = "cached" if a["cached"] else f"{a['trial_seconds']:.1f} s"
+            lines.append(f"allocation {a['kind']}: ratios {kept[0]}..{kept[-1]} "
+                         f"({sum(r >= 1 for r in kept)} modules left dense), trials {trials}, "
+                         f"total {a['seconds_total']:.1f} s (ranks per module: --per-module)")
         return "\n".join(lines)

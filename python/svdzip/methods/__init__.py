@@ -16,14 +16,18 @@ class Method:
     stats: frozenset[str]        # "gram", "abs_mean", "abs_max", "fisher"
     prepare: Callable             # (stats: dict, cfg) -> prepared (shared by modules with one input)
     decompose: Callable           # (W, prepared, rank, cfg) -> (A, B)
+    truncator: Callable           # (W, prepared, cfg) -> (rank -> (A, B)), sharing SVDs across ranks
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, stats=(), prepare=None):
+def register(name: str, stats=(), prepare=None, truncator=None):
+    """`truncator` lets rank-allocation trials reuse one SVD for every candidate rank; without
+    one, each rank is decomposed from scratch."""
     def deco(fn):
-        METHODS[name] = Method(name, frozenset(stats), prepare or (lambda s, c: None), fn)
+        trunc = truncator or (lambda W, p, cfg: (lambda k: fn(W, p, k, cfg)))
+        METHODS[name] = Method(name, frozenset(stats), prepare or (lambda s, c: None), fn, trunc)
         return fn
     return deco
 

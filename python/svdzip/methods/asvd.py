@@ -2,13 +2,14 @@
 B = Σ½Vᵀ·diag(s)^−α."""
 
 from . import register
-from .weighting import channel_scale, truncate
+from .weighting import channel_scale, truncate, truncator_of_prepared
 
 
 def _prepare(stats, cfg):
     return channel_scale(stats["abs_max" if cfg.stat == "max" else "abs_mean"], cfg.alpha)
 
 
-@register("asvd", stats=("abs_mean", "abs_max"), prepare=_prepare)
+@register("asvd", stats=("abs_mean", "abs_max"), prepare=_prepare,
+          truncator=truncator_of_prepared)
 def decompose(W, prepared, rank, cfg):
     return truncate(W, rank, prepared)

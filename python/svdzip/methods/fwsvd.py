@@ -2,9 +2,10 @@
 information per output), SVD of diag(√I)·W, scaled back on A."""
 
 from . import register
-from .weighting import row_scale, truncate
+from .weighting import row_scale, truncate, truncator_of_prepared
 
 
-@register("fwsvd", stats=("fisher",), prepare=lambda stats, cfg: row_scale(stats["fisher"]))
+@register("fwsvd", stats=("fisher",), prepare=lambda stats, cfg: row_scale(stats["fisher"]),
+          truncator=truncator_of_prepared)
 def decompose(W, prepared, rank, cfg):
     return truncate(W, rank, prepared)

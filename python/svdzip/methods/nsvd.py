@@ -3,7 +3,7 @@
 residual at k − k1. A = [A1 A2], B = [B1; B2]."""
 
 from . import register
-from .weighting import for_stage, two_stage
+from .weighting import for_stage, two_stage, two_stage_truncator
 
 
 def split(rank: int, fraction: float) -> int:
@@ -14,7 +14,11 @@ def prepare(stats, cfg):
     return for_stage(cfg.stage1, stats, cfg), for_stage(cfg.stage2, stats, cfg)
 
 
-@register("nsvd", prepare=prepare)  # stats follow the stage weightings
+def stage_truncator(W, prepared, cfg):
+    return two_stage_truncator(W, *prepared, lambda k: split(k, cfg.first_fraction))
+
+
+@register("nsvd", prepare=prepare, truncator=stage_truncator)  # stats follow the stage weightings
 def decompose(W, prepared, rank, cfg):
     w1, w2 = prepared
     return two_stage(W, rank, split(rank, cfg.first_fraction), w1, w2)

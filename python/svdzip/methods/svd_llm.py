@@ -2,9 +2,10 @@
 Minimises the layer's output error ‖(W − AB)Xᵀ‖_F over rank-k pairs."""
 
 from . import register
-from .weighting import truncate, whitened
+from .weighting import truncate, truncator_of_prepared, whitened
 
 
-@register("svd_llm", stats=("gram",), prepare=lambda stats, cfg: whitened(stats["gram"], cfg.jitter))
+@register("svd_llm", stats=("gram",), prepare=lambda stats, cfg: whitened(stats["gram"], cfg.jitter),
+          truncator=truncator_of_prepared)
 def decompose(W, prepared, rank, cfg):
     return truncate(W, rank, prepared)

@@ -36,16 +36,20 @@ def _unweight_right(B: torch.Tensor, w: Weighting) -> torch.Tensor:
     return torch.linalg.solve(S.T, B.T).T
 
 
-def truncate(W: torch.Tensor, k: int, w: Weighting = PLAIN) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) of rank k minimising ‖l ⊙ (W − AB)·S‖_F, with A m×k and B k×n (float64)."""
+def weighted_svd(W: torch.Tensor, w: Weighting = PLAIN, k: int | None = None):
+    """SVD (rank k, default full) of the weighted matrix l ⊙ W·S, in float64."""
     M = W.double()
     if w.right is not None:
         M = M * w.right if w.right.dim() == 1 else M @ w.right
     if w.left is not None:
         M = w.left[:, None] * M
-    U, S, Vh = ops.batched_svd(M, k)
-    root = S.sqrt()
-    A, B = U * root, root[:, None] * Vh
+    return ops.batched_svd(M, min(M.shape) if k is None else k)
+
+
+def factors(U, S, Vh, k: int, w: Weighting = PLAIN) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) from the leading k triplets of a weighted SVD: √Σ split, weighting undone."""
+    root = S[:k].sqrt()
+    A, B = U[:, :k] * root, root[:, None] * Vh[:k]
     if w.right is not None:
         B = _unweight_right(B, w)
     if w.left is not None:
@@ -53,10 +57,36 @@ def truncate(W: torch.Tensor, k: int, w: Weighting = PLAIN) -> tuple[torch.Tenso
     return A, B
 
 
+def truncate(W: torch.Tensor, k: int, w: Weighting = PLAIN) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of rank k minimising ‖l ⊙ (W − AB)·S‖_F, with A m×k and B k×n (float64)."""
+    return factors(*weighted_svd(W, w, k), k, w)
+
+
+def truncator(W: torch.Tensor, w: Weighting = PLAIN):
+    """k -> truncate(W, k, w) for many k from one full SVD (rank-allocation trials)."""
+    usv = weighted_svd(W, w)
+    return lambda k: factors(*usv, k, w)
+
+
+def truncator_of_prepared(W: torch.Tensor, prepared: Weighting, cfg=None):
+    """Method.truncator of the single-stage methods whose prepared statistics are a Weighting."""
+    return truncator(W, prepared)
+
+
 def two_stage(W: torch.Tensor, k: int, k1: int, w1: Weighting, w2: Weighting):
     """Stage 1 at rank k1 under w1; stage 2 fits the residual at k − k1 under w2.
     With w1 == w2 this equals a single rank-k truncation (Eckart–Young): the stages must differ."""
-    A1, B1 = truncate(W, k1, w1)
+    return _second_stage(W, k, k1, *truncate(W, k1, w1), w2)
+
+
+def two_stage_truncator(W: torch.Tensor, w1: Weighting, w2: Weighting, split):
+    """k -> two_stage(W, k, split(k), w1, w2) sharing one stage-1 SVD; stage 2 (the residual
+    depends on k) is one more SVD per call."""
+    first = truncator(W, w1)
+    return lambda k: _second_stage(W, k, split(k), *first(split(k)), w2)
+
+
+def _second_stage(W, k, k1, A1, B1, w2):
     if k1 >= k:
         return A1, B1
     A2, B2 = truncate(W.double() - A1 @ B1, k - k1, w2)

@@ -68,3 +68,20 @@ def run_block(layer: nn.Module, hidden: list[torch.Tensor], args_kwargs) -> list
         out = layer(h, *rest, **kw)
         outs.append(out[0] if isinstance(out, tuple) else out)
     return outs
+
+
+def head(model: nn.Module):
+    """hidden states after the last block -> logits: the final norm and the LM head, found
+    by attribute (no model code copied); Gemma-style final soft-capping applied if configured."""
+    base = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    norm = next((getattr(base, a) for a in ("norm", "final_layernorm", "ln_f") if hasattr(base, a)), None)
+    lm_head = model.get_output_embeddings()
+    if norm is None or lm_head is None:
+        raise NotImplementedError(f"{type(model).__name__}: cannot find the final norm / LM head "
+                                  "needed to run the model from a middle block")
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def logits(h: torch.Tensor) -> torch.Tensor:
+        out = lm_head(norm(h))
+        return torch.tanh(out / cap) * cap if cap else out
+    return logits

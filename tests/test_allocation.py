@@ -1,0 +1,114 @@
+"""Sensitivity-based rank allocation (ASVD): the budget, the trials, the cache, the config."""
+
+import json
+
+import pytest
+import torch
+
+import svdzip as sz
+from svdzip import allocation, api
+from svdzip.pipeline import replay
+from svdzip.pipeline.walk import find_targets
+
+from tiny_models import calib, tiny
+
+SHAPES = {"a": (64, 64), "b": (64, 64), "c": (128, 64)}
+
+
+def _table():
+    # a is insensitive, c is sensitive, b in between; ppl falls as the ratio rises.
+    base = {"a": 10.0, "b": 12.0, "c": 30.0}
+    return {n: {r: base[n] * (1 + (1 - r)) ** 2 for r in (0.4, 0.6, 0.8)} for n in SHAPES}
+
+
+def test_allocate_meets_budget_and_is_tight():
+    table = _table()
+    dense = sum(m * n for m, n in SHAPES.values())
+    for frac in (0.45, 0.6, 0.8):
+        budget = int(frac * dense)
+        ratios = allocation.allocate(table, SHAPES, budget)
+        total = sum(allocation._params(SHAPES[n], r) for n, r in ratios.items())
+        assert total <= budget
+        # one notch lower threshold would break the budget (the search found the lowest level)
+        levels = sorted({p for v in table.values() for p in v.values()})
+        th = max(p for n, r in ratios.items() for rr, p in table[n].items() if rr == r)
+        lower = [p for p in levels if p < th]
+        if lower:
+            choice = {n: min([r for r, p in table[n].items() if p <= lower[-1]], default=1.0) for n in table}
+            assert sum(allocation._params(SHAPES[n], r) for n, r in choice.items()) > budget
+    ratios = allocation.allocate(table, SHAPES, int(0.6 * dense))
+    assert ratios["a"] <= ratios["b"] <= ratios["c"], ratios  # insensitive layers give up more
+
+
+def test_allocate_infeasible_budget_says_so():
+    with pytest.raises(ValueError, match="cannot be met.*smallest candidate ratio 0.4"):
+        allocation.allocate(_table(), SHAPES, 10)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_running_from_block_zero_reproduces_model_ppl(arch):
+    model = tiny(arch)
+    ids = calib(2, 20)
+    layers, _ = find_targets(model, sz.SVDConfig())
+    hidden, block_args = replay.capture(model, layers, ids)
+    ppl = allocation._ppl_from(layers, block_args, replay.head(model), 0, hidden, ids)
+    with torch.no_grad():
+        loss = torch.stack([model(r[None], labels=r[None]).loss for r in ids]).mean()
+    assert ppl == pytest.approx(float(loss.exp()), rel=1e-5)
+
+
+def test_sensitivity_compress_cache_and_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path))
+    cfg = sz.SVDLLMConfig(ratio=0.6, allocation="sensitivity", sensitivity_ratios=(0.3, 0.6, 0.9),
+                          sensitivity_seqlen=16)
+    model = tiny("llama")
+    rep = sz.compress(model, cfg, calib(), progress=False)
+    a = rep.allocation
+    assert a["cached"] is False and a["kind"] == "sensitivity"
+    assert rep.ratio_targets <= 0.6
+    assert len(set(a["ratios"].values())) > 1, "sensitivity should not give every module the same ratio"
+    ranks = {m.name: m.rank for m in rep.modules}
+    assert all(n in ranks for n, r in a["ratios"].items() if r < 1)
+    assert "allocation sensitivity" in rep.summary()
+    files = list((tmp_path / "sensitivity").glob("*.json"))
+    assert len(files) == 1
+    # Second run: table from the cache, same ratios, same logits.
+    model2 = tiny("llama")
+    rep2 = sz.compress(model2, cfg, calib(), progress=False)
+    assert rep2.allocation["cached"] is True and rep2.allocation["ratios"] == a["ratios"]
+    with torch.no_grad():
+        assert torch.equal(model(calib(1)).logits, model2(calib(1)).logits)
+    # A damaged cache file is recomputed, not trusted.
+    files[0].write_text("{broken")
+    rep3 = sz.compress(tiny("llama"), cfg, calib(), progress=False)
+    assert rep3.allocation["cached"] is False and rep3.allocation["ratios"] == a["ratios"]
+    json.loads(files[0].read_text())
+
+
+def test_sensitivity_key_changes_with_calibration(tmp_path):
+    model = tiny("llama")
+    cfg = sz.SVDConfig(allocation="sensitivity")
+    _, targets = find_targets(model, cfg)
+    k1 = allocation.cache_key(model, cfg, calib(2, 16), targets)
+    k2 = allocation.cache_key(model, cfg, calib(2, 16) + 1, targets)
+    k3 = allocation.cache_key(model, sz.SVDConfig(allocation="sensitivity", ratio=0.5), calib(2, 16), targets)
+    assert k1 != k2 and k1 == k3  # the ratio does not change the trials
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(allocation="greedy"), "allocation = 'greedy' must be one of"),
+    (dict(allocation="last_blocks"), "needs last_blocks=L"),
+    (dict(sensitivity_ratios=()), "must not be empty"),
+    (dict(sensitivity_ratios=(0.5, 1.5)), r"sensitivity_ratios entry = 1.5 must be a number in \(0, 1\]"),
+    (dict(sensitivity_windows=0), "sensitivity_windows = 0 must be a positive integer"),
+])
+def test_allocation_config_errors(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        sz.SVDConfig(**kwargs)
+
+
+def test_last_blocks_sets_allocation_and_sensitivity_needs_calibration():
+    assert sz.SVDConfig(last_blocks=2).allocation == "last_blocks"
+    assert sz.ResSVDConfig().allocation == "last_blocks"
+    with pytest.raises(ValueError, match="needs calibration"):
+        api.compress(tiny("llama"), sz.SVDConfig(allocation="sensitivity"), None, progress=False)
