@@ -33,3 +33,16 @@ def test_cli_rejects_bad_input(tmp_path):
     assert r.returncode != 0 and "neither a known model alias" in r.stderr
     r = svdzip("eval", str(tmp_path), "--data", "wiki")
     assert r.returncode != 0 and "config.json" in r.stderr
+
+
+def test_cli_rejects_bad_allocation_and_device(tmp_path):
+    r = svdzip("compress", "smollm2-135m", str(tmp_path / "o"), "--allocation", "last_blocks")
+    assert r.returncode != 0 and "needs last_blocks=L" in r.stderr
+    r = svdzip("compress", "smollm2-135m", str(tmp_path / "o"), "--allocation", "sensitivity",
+               "--sensitivity-ratios", "0.5", "2")
+    assert r.returncode != 0 and "sensitivity_ratios entry = 2.0" in r.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        r = svdzip("eval", "smollm2-135m", "--device", "cuda")
+        assert r.returncode != 0 and "torch sees no CUDA device" in r.stderr

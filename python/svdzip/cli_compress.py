@@ -30,6 +30,14 @@ def add_compress(sub) -> None:
     p.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
     p.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
     p.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
+    p.add_argument("--allocation", choices=["uniform", "last_blocks", "sensitivity"], default=None,
+                   help="per-module ratios: uniform (default), last_blocks (with --last-blocks), or "
+                        "sensitivity (ASVD trials; cached in $SVDZIP_CACHE/sensitivity)")
+    p.add_argument("--sensitivity-ratios", type=float, nargs="+", default=None,
+                   help="candidate ratios of the sensitivity trials (default 0.4 .. 0.9)")
+    p.add_argument("--sensitivity-windows", type=int, default=None,
+                   help="calibration windows the trials are scored on (default 2)")
+    p.add_argument("--sensitivity-seqlen", type=int, default=None, help="their length (default 256)")
     p.add_argument("--alpha", type=float, help="asvd: exponent of the channel scaling")
     p.add_argument("--stat", choices=["mean", "max"], help="asvd: channel statistic")
     p.add_argument("--variant", choices=["I", "II"], help="nsvd: Cholesky (I) or eigen (II) stage 1")
@@ -62,6 +70,9 @@ def make_config(args):
     fields = {f for f in cls.__dataclass_fields__}
     kw = {"ratio": args.ratio, "sequential": args.sequential, "last_blocks": args.last_blocks,
           "ignore": tuple(args.ignore)}
+    for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen"):
+        if getattr(args, flag, None) is not None:
+            kw[flag] = getattr(args, flag)
     for flag, field in METHOD_OPTIONS.items():
         value = getattr(args, flag, None)
         if value is None:
