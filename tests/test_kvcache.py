@@ -1,0 +1,145 @@
+"""Low-rank KV cache: exact at full rank, same math as the uncached compressed model at reduced
+rank, clear errors for configurations it cannot serve."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from svdzip.kvcache import LowRankKVCache, kv_overrides
+from svdzip.nn import LowRankLinear
+from svdzip.pipeline.walk import decoder_layers
+from tiny_models import tiny
+
+
+def _compress_kv(model, rank_of):
+    """Replace every k_proj / v_proj by its truncated SVD at rank_of(out_features)."""
+    for block in decoder_layers(model):
+        attn = block.self_attn
+        for name in ("k_proj", "v_proj"):
+            lin = getattr(attn, name)
+            setattr(attn, name, LowRankLinear.from_linear(lin, rank_of(lin.out_features)))
+    return model
+
+
+def _generate(model, ids, cache, n=64):
+    out = model.generate(ids, past_key_values=cache, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    return out.sequences, torch.stack(out.logits, dim=1)
+
+
+def _uncached_logits(model, seq, n):
+    """Logits that predicted each of the last n tokens of seq, from one full forward without cache."""
+    with torch.no_grad():
+        logits = model(seq, use_cache=False).logits
+    return logits[:, -n - 1:-1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_full_rank_equals_dense_model(arch):
+    dense = tiny(arch)
+    ids = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(3))
+    ref_seq, ref_logits = _generate(dense, ids, DynamicCache(config=dense.config), n=16)
+    model = _compress_kv(tiny(arch), lambda out: out)
+    with LowRankKVCache(model) as cache:
+        seq, logits = _generate(model, ids, cache, n=16)
+    assert torch.equal(seq, ref_seq)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_reduced_rank_cache_matches_uncached_model_over_64_tokens(arch):
+    model = _compress_kv(tiny(arch), lambda out: out // 4)
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(4))
+    with LowRankKVCache(model) as cache:
+        seq, logits = _generate(model, ids, cache, n=64)
+        assert cache.get_seq_length() == 7 + 64 - 1   # the last token is never fed back
+        rank = model.model.layers[0].self_attn.k_proj.rank
+        assert cache.layers[0].keys.shape == (2, 7 + 63, rank)
+    torch.testing.assert_close(logits, _uncached_logits(model, seq, 64), rtol=1e-4, atol=1e-4)
+    # the dense cache of the same compressed model gives the same tokens
+    dense_seq, _ = _generate(model, ids, DynamicCache(config=model.config), n=64)
+    assert torch.equal(seq, dense_seq)
+
+
+def test_cache_holds_fewer_bytes_than_dense_cache():
+    model = _compress_kv(tiny("llama"), lambda out: out // 4)
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(5))
+    dense = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids, past_key_values=dense, use_cache=True)
+    with LowRankKVCache(model) as cache, torch.no_grad():
+        model(ids, past_key_values=cache, use_cache=True)
+        low = cache.nbytes()
+    dense_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in dense.layers)
+    # latents are out/4 wide; positions add one int64 per token per layer
+    assert low == dense_bytes // 4 + 3 * 12 * 8
+
+
+def test_layers_with_dense_kv_keep_a_dense_cache():
+    model = tiny("llama")
+    block = decoder_layers(model)[2].self_attn
+    block.k_proj = LowRankLinear.from_linear(block.k_proj, 8)
+    block.v_proj = LowRankLinear.from_linear(block.v_proj, 8)
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(6))
+    with LowRankKVCache(model) as cache:
+        seq, logits = _generate(model, ids, cache, n=8)
+        assert [type(layer).__name__ for layer in cache.layers] == ["DynamicLayer", "DynamicLayer",
+                                                                    "LowRankKVLayer"]
+    torch.testing.assert_close(logits, _uncached_logits(model, seq, 8), rtol=1e-4, atol=1e-4)
+
+
+def test_closed_cache_leaves_no_hooks():
+    model = _compress_kv(tiny("llama"), lambda out: out // 2)
+    attn = model.model.layers[0].self_attn
+    before = len(attn._forward_pre_hooks)
+    cache = LowRankKVCache(model)
+    assert len(attn._forward_pre_hooks) == before + 1
+    cache.close()
+    assert len(attn._forward_pre_hooks) == before
+    with pytest.raises(RuntimeError, match="pre-hook did not run"):
+        with torch.no_grad():
+            model(torch.zeros(1, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
+
+
+def test_no_lowrank_kv_is_an_error():
+    with pytest.raises(ValueError, match="no block has low-rank k_proj and v_proj"):
+        LowRankKVCache(tiny("llama"))
+
+
+def test_only_k_lowrank_is_an_error():
+    model = tiny("llama")
+    attn = model.model.layers[1].self_attn
+    attn.k_proj = LowRankLinear.from_linear(attn.k_proj, 4)
+    with pytest.raises(ValueError, match="block 1 has only one of k_proj / v_proj"):
+        LowRankKVCache(model)
+
+
+def test_latent_wider_than_heads_is_an_error():
+    model = _compress_kv(tiny("llama"), lambda out: out // 2)
+    k = model.model.layers[0].self_attn.k_proj           # 32 outputs (2 heads x 16)
+    k.A = nn.Parameter(torch.randn(32, 40))
+    k.B = nn.Parameter(torch.randn(40, 64))
+    with pytest.raises(ValueError, match=r"block 0 k_proj has rank 40 .* 32 outputs"):
+        LowRankKVCache(model)
+
+
+def test_sliding_window_attention_is_an_error():
+    model = tiny("gemma3")
+    for block in decoder_layers(model):
+        for name in ("k_proj", "v_proj"):
+            setattr(block.self_attn, name, LowRankLinear.from_linear(getattr(block.self_attn, name), 4))
+    with pytest.raises(ValueError, match="block 0 uses 'sliding_attention' attention"):
+        LowRankKVCache(model)
+
+
+def test_kv_overrides_give_the_requested_rank():
+    from svdzip import SVDConfig, compress
+    from tiny_models import calib
+    model = tiny("llama")
+    cfg = SVDConfig(targets=("*k_proj", "*v_proj"), overrides=kv_overrides(model, 0.25))
+    compress(model, cfg, calib(), progress=False)
+    ranks = {m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
+    assert ranks == {8}                                  # 0.25 x 32 outputs
+    with pytest.raises(ValueError, match="cache_ratio = 1.5"):
+        kv_overrides(model, 1.5)
