@@ -204,13 +204,17 @@ class LowRankKVCache(Cache):
         self.close()
 
     def nbytes(self) -> int:
-        """Bytes held by the cache now (latents, dense layers and positions)."""
-        total = 0
-        for layer in self.layers:
-            for t in (layer.keys, layer.values, getattr(layer, "positions", None)):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-        return total
+        return cache_nbytes(self)
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes a transformers Cache holds now (keys, values and, for latent layers, positions)."""
+    total = 0
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values, getattr(layer, "positions", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
 
 
 def _stager(cache_ref, layer: LowRankKVLayer):
