@@ -9,7 +9,7 @@ Only k_proj and v_proj are compressed, to rank = cache_ratio x (kv heads x head_
 else stays dense. Per model: wiki ppl (protocol windows), then decode after a --context-token
 prompt with transformers' DynamicCache and with svdzip's LowRankKVCache (prefill subtracted).
 Bytes per token are measured from the tensors each cache holds after generation.
-Writes bench/results/kvcache_<device>.json.
+Writes bench/results/kvcache_<method>_<device>.json.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
         rows.append(row)
         del model
     dev = torch.device(args.device).type
-    path = write_json(f"kvcache_{dev}.json", {"machine": machine(dev), "args": vars(args), "rows": rows})
+    path = write_json(f"kvcache_{args.method}_{dev}.json", {"machine": machine(dev), "args": vars(args), "rows": rows})
     print(f"wrote {path}")
 
 

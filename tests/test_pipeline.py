@@ -143,3 +143,21 @@ def test_fwsvd_runs_and_restores_grad_flags():
     assert len(rep.modules) == 21
     assert {n: p.requires_grad for n, p in model.named_parameters() if n in flags} == \
         {n: f for n, f in flags.items() if n in dict(model.named_parameters())}
+
+
+def test_row_fisher_matches_per_window_gradients():
+    from svdzip.calibration.fisher import row_fisher
+    from svdzip.pipeline.walk import find_targets
+    model = tiny("llama")
+    ids = calib(3)
+    _, targets = find_targets(model, sz.FWSVDConfig())
+    got = row_fisher(model, targets, ids, progress=False)
+    name, w = targets[0].name, targets[0].module.weight
+    want = torch.zeros(w.shape[0], dtype=torch.float64)
+    for row in ids:
+        x = row[None]
+        (g,) = torch.autograd.grad(model(x, labels=x).loss, [w.requires_grad_(True)])
+        want += g.double().pow(2).sum(1)
+    torch.testing.assert_close(got[name]["fisher"], want, rtol=1e-5, atol=0)
+    assert got[name]["tokens"] == ids.numel()
+    assert all(p.grad is None for p in model.parameters())

@@ -12,19 +12,28 @@ def row_fisher(model, targets, batches: torch.Tensor, progress: bool = True) -> 
     weights = {t.name: t.module.weight for t in targets}
     before = {p: p.requires_grad for p in model.parameters()}
     acc = {n: torch.zeros(w.shape[0], dtype=torch.float64, device=device) for n, w in weights.items()}
+
+    def consume(name):
+        # Fold each gradient into its row sums as soon as backward has produced it, and drop it:
+        # only one weight-sized gradient is alive at a time instead of all of them.
+        def hook(w):
+            acc[name] += (w.grad * w.grad).sum(1, dtype=torch.float64)
+            w.grad = None
+        return hook
+
+    handles = []
     try:
         for p in model.parameters():
             p.requires_grad_(False)
-        for w in weights.values():
+        for n, w in weights.items():
             w.requires_grad_(True)
+            handles.append(w.register_post_accumulate_grad_hook(consume(n)))
         for row in tqdm(batches, desc="fisher", disable=not progress, leave=False):
             x = row.unsqueeze(0).to(device)
-            loss = model(x, labels=x, use_cache=False).loss
-            loss.backward()
-            for n, w in weights.items():
-                acc[n] += w.grad.double().pow(2).sum(1)
-                w.grad = None
+            model(x, labels=x, use_cache=False).loss.backward()
     finally:
+        for h in handles:
+            h.remove()
         for p, flag in before.items():
             p.requires_grad_(flag)
             p.grad = None
