@@ -3,6 +3,7 @@ decomposition / evaluation, and peak memory, per method at one ratio, one-shot a
 
   python bench/bench_compress.py                          # all methods, 0.8, both modes
   python bench/bench_compress.py --methods svd_llm nsvd --modes oneshot --max-windows 8
+  python bench/bench_compress.py --device cuda --tag smollm2_cuda
 
 Each configuration runs in a fresh child process, so its peak RSS (ru_maxrss) is its own.
 A reference child measures, in the same run, what the issue's target is stated against: one
@@ -38,7 +39,18 @@ def _setup(args):
     torch.set_num_threads(args.threads)
     model, tok = models.load("smollm2-135m")
     calib = data.calibration_batches(tok, n_samples=args.n_samples, seqlen=args.seqlen)
-    return model, tok, calib
+    return model.to(args.device), tok, calib
+
+
+def _sync(args) -> None:
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _gpu_peak(args) -> dict:
+    if not args.device.startswith("cuda"):
+        return {}
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def child_reference(args) -> dict:
@@ -48,19 +60,22 @@ def child_reference(args) -> dict:
 
     model, _, calib = _setup(args)
     with torch.no_grad():
-        model(calib[:1], use_cache=False)  # warm-up
+        model(calib[:1].to(args.device), use_cache=False)  # warm-up
+        _sync(args)
         t = time.perf_counter()
         for row in calib:
-            model(row.unsqueeze(0), use_cache=False)
+            model(row.unsqueeze(0).to(args.device), use_cache=False)
+        _sync(args)
         forward = time.perf_counter() - t
     _, targets = find_targets(model, SVDConfig(ratio=0.8))
     t = time.perf_counter()
     for tg in targets:
         torch.linalg.svd(tg.module.weight.detach().double(), full_matrices=False)
+    _sync(args)
     svd = time.perf_counter() - t
     model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     return {"forward_s": forward, "svd_fp64_s": svd, "modules": len(targets),
-            "model_mb": model_mb, "peak_rss_mb": _rss_mb()}
+            "model_mb": model_mb, "peak_rss_mb": _rss_mb(), **_gpu_peak(args)}
 
 
 def child_run(args, method: str, mode: str) -> dict:
@@ -72,7 +87,9 @@ def child_run(args, method: str, mode: str) -> dict:
     rss_loaded = _rss_mb()
     cfg = CONFIGS[method](ratio=args.ratio, sequential=mode == "sequential")
     rep = sz.compress(model, cfg, calib, progress=False)
+    _sync(args)
     rss_compressed = _rss_mb()
+    gpu = _gpu_peak(args)
     t = time.perf_counter()
     ppl = ev.evaluate(model, tok, ["wiki"], 512, args.max_windows, progress=False)["wiki"]
     eval_s = time.perf_counter() - t
@@ -81,13 +98,13 @@ def child_run(args, method: str, mode: str) -> dict:
             "seconds_compress": rep.seconds_total, "seconds_eval": eval_s,
             "eval_windows": args.max_windows, "wiki_ppl": ppl,
             "peak_rss_mb_after_load": rss_loaded, "peak_rss_mb_after_compress": rss_compressed,
-            "peak_rss_mb": _rss_mb()}
+            "peak_rss_mb": _rss_mb(), **gpu}
 
 
 def _spawn(args, *extra) -> dict:
     cmd = [sys.executable, __file__, "--child", *extra, "--ratio", str(args.ratio),
            "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen),
-           "--max-windows", str(args.max_windows), "--threads", str(args.threads)]
+           "--max-windows", str(args.max_windows), "--threads", str(args.threads), "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"child {extra} failed:\n{proc.stderr[-3000:]}")
@@ -103,6 +120,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--max-windows", type=int, default=16, help="wiki windows evaluated after compression")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (then peak GPU memory is recorded too)")
     ap.add_argument("--tag", default="smollm2")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -115,7 +133,8 @@ def main() -> None:
     print(f"reference: calibration forward {ref['forward_s']:.1f} s, {ref['modules']} fp64 SVDs "
           f"{ref['svd_fp64_s']:.1f} s, model {ref['model_mb']:.0f} MiB, peak RSS {ref['peak_rss_mb']:.0f} MiB",
           flush=True)
-    out = {"machine": machine(), "protocol": {k: v for k, v in vars(args).items() if k != "child"},
+    out = {"machine": machine(torch.device(args.device).type),
+           "protocol": {k: v for k, v in vars(args).items() if k != "child"},
            "reference": ref, "rows": []}
     print(f"{'method':8s} {'mode':10s} {'stats s':>8s} {'decomp s':>8s} {'eval s':>7s} "
           f"{'vs ref':>6s} {'peak RSS MiB':>12s} {'wiki ppl':>9s}", flush=True)
