@@ -161,3 +161,18 @@ def test_row_fisher_matches_per_window_gradients():
     torch.testing.assert_close(got[name]["fisher"], want, rtol=1e-5, atol=0)
     assert got[name]["tokens"] == ids.numel()
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_one_shot_streams_one_block_of_statistics_at_a_time(monkeypatch):
+    from svdzip.calibration.collector import StatsCollector
+    covered = []
+    init = StatsCollector.__init__
+
+    def spy(self, modules, kinds, *a, **kw):
+        covered.append({n.split(".")[2] for n in modules})   # model.layers.<i>.…
+        init(self, modules, kinds, *a, **kw)
+
+    monkeypatch.setattr(StatsCollector, "__init__", spy)
+    rep = sz.compress(tiny("llama"), sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
+    assert covered == [{"0"}, {"1"}, {"2"}]
+    assert len(rep.modules) == 21 and rep.seconds_stats > 0 and rep.seconds_decompose > 0

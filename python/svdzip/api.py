@@ -156,8 +156,11 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     was_training = model.training
     model.eval()
     try:
-        if config.sequential and kinds:
-            _sequential(model, layers, blocks, calibration, kinds, config, method, report, progress)
+        if kinds and (config.sequential or (stats is None and "fisher" not in kinds)):
+            # one-shot statistics are streamed block by block too: same numbers, but only one
+            # block's Grams are alive at a time instead of every block's
+            _blockwise(model, layers, blocks, calibration, kinds, config, method, report, progress,
+                       dense_inputs=not config.sequential)
         else:
             t0 = time.perf_counter()
             if stats is None:
@@ -193,25 +196,36 @@ def _allocate_by_sensitivity(model, layers, targets, stats, config, method, cali
     return new, info
 
 
-def _sequential(model, layers, blocks, calibration, kinds, config, method, report, progress):
-    """Block by block: statistics of block i come from the outputs of the already-compressed
-    blocks before it, so each block's compression sees (and corrects for) earlier errors."""
+def _blockwise(model, layers, blocks, calibration, kinds, config, method, report, progress, dense_inputs):
+    """Block by block on cached hidden states: collect block i's statistics, decompose it, move on.
+
+    dense_inputs=True (one-shot): block i sees the outputs of the dense blocks before it, so the
+    outputs of its statistics pass (run before it is compressed) feed block i+1 directly: one
+    forward's work in all, and only one block's statistics alive at a time.
+    dense_inputs=False (sequential): block i sees the already-compressed blocks before it (each
+    block is rerun after compression), so its compression corrects for earlier errors."""
     t0 = time.perf_counter()
     hidden, block_args = replay.capture(model, layers, calibration)
     report.seconds_stats += time.perf_counter() - t0
-    for i in tqdm(range(len(layers)), desc=f"{config.method} sequential", disable=not progress):
+    last = max(blocks)
+    desc = f"{config.method} {'one-shot' if dense_inputs else 'sequential'}"
+    for i in tqdm(range(last + 1), desc=desc, disable=not progress):
+        out = None
         if i in blocks:
             t0 = time.perf_counter()
             with StatsCollector({t.name: t.module for t in blocks[i]}, kinds) as col:
+                out = []
                 for h in hidden:
                     col.new_pass()
-                    replay.run_block(layers[i], [h], block_args[i])
+                    out += replay.run_block(layers[i], [h], block_args[i])
                 stats = col.finalize()
             report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
             _apply(blocks[i], stats, config, method, report)
             report.seconds_decompose += time.perf_counter() - t0
-        if i + 1 < len(layers):
+        if i < last:
             t0 = time.perf_counter()
-            hidden = replay.run_block(layers[i], hidden, block_args[i])
+            if out is None or not dense_inputs:
+                out = replay.run_block(layers[i], hidden, block_args[i])
+            hidden = out
             report.seconds_stats += time.perf_counter() - t0
