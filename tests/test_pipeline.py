@@ -176,3 +176,13 @@ def test_one_shot_streams_one_block_of_statistics_at_a_time(monkeypatch):
     rep = sz.compress(tiny("llama"), sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
     assert covered == [{"0"}, {"1"}, {"2"}]
     assert len(rep.modules) == 21 and rep.seconds_stats > 0 and rep.seconds_decompose > 0
+
+
+def test_replaced_dense_weights_are_freed_before_compress_returns():
+    import weakref
+    model = tiny("llama")
+    ref = weakref.ref(model.model.layers[0].mlp.down_proj.weight)
+    alive = []
+    model.model.layers[2].register_forward_pre_hook(lambda *a: alive.append(ref() is not None))
+    sz.compress(model, sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
+    assert alive[0] and not alive[-1]   # alive in the dense capture pass, gone once block 0 is done

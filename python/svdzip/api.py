@@ -62,13 +62,13 @@ def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> N
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise FloatingPointError(f"{t.name}: {cfg.method} produced non-finite factors at rank {k}")
         D = W - A @ B
+        bias = 0 if t.module.bias is None else m
         new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=t.module.weight.dtype)
         setattr(t.parent, t.attr, new)
-        notes = _notes(prepared[key])
+        t.module = None  # the target list outlives this call: let the dense weight go now
         report.modules.append(ModuleReport(
-            t.name, (m, n), k, m * n + (0 if t.module.bias is None else m),
-            rank.lowrank_params(m, n, k) + (0 if t.module.bias is None else m),
-            float(D.norm() / W.norm()), _out_error(W, D, st.get("gram")), notes,
+            t.name, (m, n), k, m * n + bias, rank.lowrank_params(m, n, k) + bias,
+            float(D.norm() / W.norm()), _out_error(W, D, st.get("gram")), _notes(prepared[key]),
             time.perf_counter() - t0))
 
 

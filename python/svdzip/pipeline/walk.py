@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -16,12 +16,12 @@ class Target:
     block: int             # index of its decoder block
     parent: nn.Module
     attr: str
-    module: nn.Linear
+    module: nn.Linear | None  # the dense Linear; None once compress has replaced it
     ratio: float           # kept fraction for this module
+    shape: tuple[int, int] = field(init=False)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.module.weight.shape)
+    def __post_init__(self) -> None:
+        self.shape = tuple(self.module.weight.shape)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
