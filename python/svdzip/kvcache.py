@@ -169,7 +169,7 @@ class LowRankKVCache(Cache):
     """A transformers Cache that stores rank-r latents for layers with low-rank k/v projections.
 
     Installs one forward pre-hook per attention module that acts only when this cache is the
-    call's `past_key_values`; `close()` (or leaving the `with` block) removes them."""
+    call's cache (`cache` / `past_key_values`); `close()` (or leaving the `with` block) removes them."""
 
     def __init__(self, model: nn.Module):
         attns = _attention_modules(model)
@@ -220,7 +220,8 @@ def cache_nbytes(cache: Cache) -> int:
 def _stager(cache_ref, layer: LowRankKVLayer):
     def hook(mod, args, kwargs):
         cache = cache_ref()
-        if cache is None or kwargs.get("past_key_values") is not cache:
+        # transformers ≥ 5.24 passes the cache to attention as `cache`, earlier as `past_key_values`
+        if cache is None or (kwargs.get("cache") is not cache and kwargs.get("past_key_values") is not cache):
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         pos = kwargs.get("position_ids")
