@@ -28,9 +28,18 @@ void gram_accumulate_cpu(at::Tensor& acc, const at::Tensor& x, double alpha) {
       block.addmm_(xi.t(), rows.narrow(1, j, nj), 1.0, alpha);
     }
   }
-  // Mirror the lower triangle (diagonal blocks included: a GEMM is not bitwise symmetric).
-  at::Tensor lower = acc.tril(-1);
-  acc.tril_().add_(lower.t());
+  // Mirror the lower triangle (diagonal blocks included: a GEMM is not bitwise symmetric)
+  // block by block: a whole-matrix tril() would allocate an n x n temporary on every call,
+  // which (at 19 MB for n = 1536, once per calibration window) fragmented glibc's heap.
+  for (int64_t i = 0; i < n; i += bs) {
+    const int64_t ni = std::min(bs, n - i);
+    for (int64_t j = 0; j < i; j += bs) {
+      const int64_t nj = std::min(bs, n - j);
+      acc.narrow(0, j, nj).narrow(1, i, ni).copy_(acc.narrow(0, i, ni).narrow(1, j, nj).t());
+    }
+    at::Tensor diag = acc.narrow(0, i, ni).narrow(1, i, ni);
+    diag.copy_(diag.tril() + diag.tril(-1).t());
+  }
 }
 
 at::Tensor lowrank_linear_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,

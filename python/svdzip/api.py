@@ -15,6 +15,7 @@ from .calibration.fisher import row_fisher
 from .config import CompressConfig
 from .nn import LowRankLinear
 from .pipeline import replay
+from .pipeline.memory import release_freed_memory
 from .pipeline.walk import Target, find_targets
 from .report import ModuleReport, Report
 
@@ -222,6 +223,8 @@ def _blockwise(model, layers, blocks, calibration, kinds, config, method, report
             report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
             _apply(blocks[i], stats, config, method, report)
+            del stats
+            release_freed_memory()
             report.seconds_decompose += time.perf_counter() - t0
         if i < last:
             t0 = time.perf_counter()
