@@ -186,3 +186,15 @@ def test_replaced_dense_weights_are_freed_before_compress_returns():
     model.model.layers[2].register_forward_pre_hook(lambda *a: alive.append(ref() is not None))
     sz.compress(model, sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
     assert alive[0] and not alive[-1]   # alive in the dense capture pass, gone once block 0 is done
+
+
+def test_freed_memory_goes_back_to_the_os_after_each_block(monkeypatch):
+    import platform
+    from svdzip.pipeline import memory
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim exists only in glibc")
+    assert memory.release_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(api, "release_freed_memory", lambda: calls.append(1))
+    sz.compress(tiny("llama"), sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
+    assert len(calls) == 3   # once per compressed block
