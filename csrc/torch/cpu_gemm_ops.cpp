@@ -19,6 +19,10 @@ void gram_accumulate_cpu(at::Tensor& acc, const at::Tensor& x, double alpha) {
   at::Tensor rows = as_rows(x, n, at::kFloat).to(acc.scalar_type());
   if (rows.size(0) == 0) return;
   const int64_t bs = n <= 256 ? n : std::max<int64_t>(128, (n + 3) / 4);
+  // Each lower block is final once its GEMM is done, so it is mirrored right there (diagonal
+  // blocks too: a GEMM is not bitwise symmetric). Block by block on purpose: a whole-matrix
+  // tril() allocated an n x n temporary on every call (19 MB for n = 1536, once per calibration
+  // window), which fragmented glibc's heap.
   for (int64_t i = 0; i < n; i += bs) {
     const int64_t ni = std::min(bs, n - i);
     at::Tensor xi = rows.narrow(1, i, ni);
@@ -26,19 +30,12 @@ void gram_accumulate_cpu(at::Tensor& acc, const at::Tensor& x, double alpha) {
       const int64_t nj = std::min(bs, n - j);
       at::Tensor block = acc.narrow(0, i, ni).narrow(1, j, nj);
       block.addmm_(xi.t(), rows.narrow(1, j, nj), 1.0, alpha);
+      if (j < i) {
+        acc.narrow(0, j, nj).narrow(1, i, ni).copy_(block.t());
+      } else {
+        block.copy_(block.tril() + block.tril(-1).t());
+      }
     }
-  }
-  // Mirror the lower triangle (diagonal blocks included: a GEMM is not bitwise symmetric)
-  // block by block: a whole-matrix tril() would allocate an n x n temporary on every call,
-  // which (at 19 MB for n = 1536, once per calibration window) fragmented glibc's heap.
-  for (int64_t i = 0; i < n; i += bs) {
-    const int64_t ni = std::min(bs, n - i);
-    for (int64_t j = 0; j < i; j += bs) {
-      const int64_t nj = std::min(bs, n - j);
-      acc.narrow(0, j, nj).narrow(1, i, ni).copy_(acc.narrow(0, i, ni).narrow(1, j, nj).t());
-    }
-    at::Tensor diag = acc.narrow(0, i, ni).narrow(1, i, ni);
-    diag.copy_(diag.tril() + diag.tril(-1).t());
   }
 }
 

@@ -2,7 +2,7 @@
 
 Block-by-block compression frees a block's statistics, its dense weights and the previous
 hidden states at each step. glibc keeps such freed chunks in its heap (its mmap threshold
-rises after the first large free), so RSS kept climbing by ~30 MB per block on SmolLM2 even
+rises after the first large free), so RSS kept climbing by ~35 MB per block on SmolLM2 even
 though live memory did not. malloc_trim(0) returns whole free pages; once per block it costs
 milliseconds. Elsewhere (macOS, musl, Windows) this does nothing.
 """
