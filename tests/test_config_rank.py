@@ -22,6 +22,7 @@ def test_ratio_outside_unit_interval_is_rejected(bad):
     (lambda: SVDConfig(overrides={"*q_proj": 2.0}), r"overrides\['\*q_proj'\] = 2.0"),
     (lambda: SVDConfig(last_blocks=0), "last_blocks = 0"),
     (lambda: SVDConfig(targets=("",)), "non-empty string"),
+    (lambda: SVDConfig(gram_products="fp16"), "gram_products = 'fp16'"),
     (lambda: FWSVDConfig(sequential=True), "sequential=True is not supported"),
 ])
 def test_invalid_options_name_the_value(make, msg):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import svdzip as sz
-from svdzip import api
+from svdzip import api, ops
 from svdzip.config import CONFIGS
 from svdzip.nn import LowRankLinear
 from svdzip.pipeline import replay
@@ -76,6 +76,38 @@ def test_one_gram_per_distinct_input():
     grams = {id(s["gram"]) for n, s in stats.items() if n.startswith(blk + ".")}
     assert len(grams) == 4
     assert stats[f"{blk}.self_attn.q_proj"]["tokens"] == calib().numel()
+
+
+def test_fp32_gram_products_are_per_window_fp32_grams_summed_in_fp64():
+    model, ids = tiny("llama"), calib()
+    name = "model.layers.1.mlp.down_proj"
+    windows = []
+    handle = dict(model.named_modules())[name].register_forward_pre_hook(
+        lambda m, a: windows.append(a[0].detach().reshape(-1, a[0].shape[-1]).clone()))
+    try:
+        fp64 = api.collect_statistics(model, sz.SVDLLMConfig(), ids, progress=False)[name]["gram"]
+        fp32 = api.collect_statistics(model, sz.SVDLLMConfig(gram_products="fp32"), ids,
+                                      progress=False)[name]["gram"]
+    finally:
+        handle.remove()
+    windows = windows[len(windows) // 2:]  # the second collection's inputs
+    assert len(windows) == ids.shape[0]
+    expect = torch.zeros_like(fp64)
+    for x in windows:
+        expect += ops.gram_accumulate_(torch.zeros(x.shape[1], x.shape[1]), x).double()
+    assert fp32.dtype == torch.float64
+    assert torch.equal(fp32, expect)  # fp32 per window, fp64 across windows
+    assert not torch.equal(fp32, fp64)
+    assert torch.allclose(fp32, fp64, rtol=1e-5, atol=1e-6 * float(fp64.diagonal().max()))
+
+
+def test_fp32_gram_products_compress_close_to_fp64():
+    ids = calib()
+    a, b = tiny("llama"), tiny("llama")
+    sz.compress(a, sz.SVDLLMConfig(ratio=0.6), ids, progress=False)
+    sz.compress(b, sz.SVDLLMConfig(ratio=0.6, gram_products="fp32"), ids, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(a(ids).logits, b(ids).logits, atol=1e-3)
 
 
 def test_stats_reuse_matches_fresh_collection():

@@ -89,8 +89,8 @@ def _by_block(targets: list[Target]) -> dict[int, list[Target]]:
 
 
 @torch.no_grad()
-def _collect(model, targets, batches, kinds, progress) -> dict:
-    with StatsCollector({t.name: t.module for t in targets}, kinds) as col:
+def _collect(model, targets, batches, kinds, progress, gram_products) -> dict:
+    with StatsCollector({t.name: t.module for t in targets}, kinds, gram_products=gram_products) as col:
         for row in tqdm(batches, desc="statistics", disable=not progress, leave=False):
             col.new_pass()
             model(row.unsqueeze(0).to(next(model.parameters()).device), use_cache=False)
@@ -112,13 +112,13 @@ def collect_statistics(model, config: CompressConfig, calibration: torch.Tensor,
     _check_calibration(config, calibration)
     _, targets = find_targets(model, config)
     _check_weights(targets)
-    return _one_shot(model, targets, calibration, kinds, progress)
+    return _one_shot(model, targets, calibration, kinds, progress, config.gram_products)
 
 
-def _one_shot(model, targets, calibration, kinds, progress) -> dict[str, dict]:
+def _one_shot(model, targets, calibration, kinds, progress, gram_products) -> dict[str, dict]:
     if "fisher" in kinds:
         return row_fisher(model, targets, calibration, progress)
-    return _collect(model, targets, calibration, kinds, progress)
+    return _collect(model, targets, calibration, kinds, progress, gram_products)
 
 
 def compress(model, config: CompressConfig, calibration: torch.Tensor | None = None,
@@ -141,7 +141,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     if config.allocation == "sensitivity":
         t0 = time.perf_counter()
         if stats is None and kinds:
-            stats = _one_shot(model, targets, calibration, kinds, progress)
+            stats = _one_shot(model, targets, calibration, kinds, progress, config.gram_products)
             alloc_stats_s = time.perf_counter() - t0
         config, allocated = _allocate_by_sensitivity(model, layers, targets, stats or {}, config,
                                                      method, calibration, progress)
@@ -165,7 +165,8 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
         else:
             t0 = time.perf_counter()
             if stats is None:
-                stats = _one_shot(model, targets, calibration, kinds, progress) if kinds else {}
+                stats = (_one_shot(model, targets, calibration, kinds, progress, config.gram_products)
+                         if kinds else {})
             _check_stats(stats, targets, kinds)
             report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -214,7 +215,8 @@ def _blockwise(model, layers, blocks, calibration, kinds, config, method, report
         out = None
         if i in blocks:
             t0 = time.perf_counter()
-            with StatsCollector({t.name: t.module for t in blocks[i]}, kinds) as col:
+            with StatsCollector({t.name: t.module for t in blocks[i]}, kinds,
+                                gram_products=config.gram_products) as col:
                 out = []
                 for h in hidden:
                     col.new_pass()
