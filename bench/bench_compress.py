@@ -4,6 +4,7 @@ decomposition / evaluation, and peak memory, per method at one ratio, one-shot a
   python bench/bench_compress.py                          # all methods, 0.8, both modes
   python bench/bench_compress.py --methods svd_llm nsvd --modes oneshot --max-windows 8
   python bench/bench_compress.py --device cuda --tag smollm2_cuda
+  python bench/bench_compress.py --methods svd_llm nsvd ressvd --gram-products fp32 --tag smollm2_fp32
 
 Each configuration runs in a fresh child process, so its peak RSS (ru_maxrss) is its own.
 RSS also counts the pages of torch's shared libraries (~640 MiB of libtorch_cpu.so etc. once
@@ -118,7 +119,7 @@ def child_run(args, method: str, mode: str) -> dict:
 
     model, tok, calib = _setup(args)
     rss_loaded, anon_loaded = _rss_mb(), _anon_mb()
-    cfg = CONFIGS[method](ratio=args.ratio, sequential=mode == "sequential")
+    cfg = CONFIGS[method](ratio=args.ratio, sequential=mode == "sequential", gram_products=args.gram_products)
     with AnonPeak() as anon:
         rep = sz.compress(model, cfg, calib, progress=False)
         _sync(args)
@@ -127,7 +128,7 @@ def child_run(args, method: str, mode: str) -> dict:
     t = time.perf_counter()
     ppl = ev.evaluate(model, tok, ["wiki"], 512, args.max_windows, progress=False)["wiki"]
     eval_s = time.perf_counter() - t
-    return {"method": method, "mode": mode, "ratio": args.ratio,
+    return {"method": method, "mode": mode, "ratio": args.ratio, "gram_products": args.gram_products,
             "seconds_stats": rep.seconds_stats, "seconds_decompose": rep.seconds_decompose,
             "seconds_compress": rep.seconds_total, "seconds_eval": eval_s,
             "eval_windows": args.max_windows, "wiki_ppl": ppl,
@@ -139,7 +140,8 @@ def child_run(args, method: str, mode: str) -> dict:
 def _spawn(args, *extra) -> dict:
     cmd = [sys.executable, __file__, "--child", *extra, "--ratio", str(args.ratio),
            "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen),
-           "--max-windows", str(args.max_windows), "--threads", str(args.threads), "--device", args.device]
+           "--max-windows", str(args.max_windows), "--threads", str(args.threads), "--device", args.device,
+           "--gram-products", args.gram_products]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"child {extra} failed:\n{proc.stderr[-3000:]}")
@@ -156,6 +158,8 @@ def main() -> None:
     ap.add_argument("--max-windows", type=int, default=16, help="wiki windows evaluated after compression")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (then peak GPU memory is recorded too)")
+    ap.add_argument("--gram-products", choices=["fp64", "fp32"], default="fp64",
+                    help="precision of each window's Gram product (config gram_products)")
     ap.add_argument("--tag", default="smollm2")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()

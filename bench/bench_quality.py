@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--max-windows", type=int, default=None, help="default: protocol (wiki 60, ptb 40)")
     ap.add_argument("--n-samples", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--gram-products", choices=["fp64", "fp32"], default="fp64",
+                    help="precision of each window's Gram product (config gram_products)")
     ap.add_argument("--tag", default="smollm2")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -65,12 +67,14 @@ def main() -> None:
             if method == "fwsvd" and mode == "sequential":
                 continue  # Fisher needs whole-model gradients: one-shot only
             for ratio in args.ratios:
-                cfg = CONFIGS[method](ratio=ratio, sequential=mode == "sequential")
+                cfg = CONFIGS[method](ratio=ratio, sequential=mode == "sequential",
+                                      gram_products=args.gram_products)
                 stats, stat_s = (oneshot_stats(cfg) if mode == "oneshot" and method != "svd" else (None, 0.0))
                 m, _ = models.load("smollm2-135m")
                 rep = sz.compress(m, cfg, calib, progress=False, stats=stats)
                 ppl = ev.evaluate(m, tok, sets, args.seqlen, args.max_windows, progress=False)
                 row = {"method": method, "mode": mode, "ratio": ratio, "ppl": ppl,
+                       "gram_products": args.gram_products,
                        "ratio_targets": rep.ratio_targets, "ratio_model": rep.ratio_model,
                        "params_after": rep.model_params_after,
                        "seconds_stats": rep.seconds_stats + stat_s,

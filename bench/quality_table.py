@@ -29,7 +29,9 @@ def main(paths: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     print(f"| dense | – | 1.0 | 1.0 / 1.0 | {dense['wiki']:.2f} | {dense['ptb']:.2f} | – | – |")
     for r, _ in rows:
-        print(f"| {r['method']} | {r['mode']} | {r['ratio']} | {r['ratio_targets']:.4f} / {r['ratio_model']:.4f} "
+        gram = r.get("gram_products", "fp64")
+        mode = r["mode"] + (f", {gram} Gram products" if gram != "fp64" else "")
+        print(f"| {r['method']} | {mode} | {r['ratio']} | {r['ratio_targets']:.4f} / {r['ratio_model']:.4f} "
               f"| {fmt(r['ppl']['wiki'])} | {fmt(r['ppl']['ptb'])} | {r['seconds_stats']:.0f} | {r['seconds_decompose']:.0f} |")
     print(f"\nsources: {', '.join(f.name for f in files)}")
 

@@ -33,6 +33,14 @@ def test_quality_plot(tmp_path):
     assert not list(tmp_path.glob(".q.png.tmp*")), "temporary file left behind"
 
 
+def test_quality_rows_keep_fp32_gram_rows_apart(tmp_path):
+    row = {"method": "svd_llm", "mode": "oneshot", "ratio": 0.8, "ppl": {"wiki": 30.0}}
+    rows, _ = plot.quality_rows([_quality_json(tmp_path / "q.json", [
+        row, {**row, "gram_products": "fp32", "ppl": {"wiki": 31.0}}])])
+    assert sorted((r["mode"], r["ppl"]["wiki"]) for r in rows) == [("oneshot", 30.0),
+                                                                    ("oneshot, fp32 Gram", 31.0)]
+
+
 def test_quality_plot_bad_input_names_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -37,7 +37,8 @@ def _read_json(path: Path) -> dict:
 
 
 def quality_rows(paths) -> tuple[list[dict], dict]:
-    """Rows of bench_quality JSON files (later files win on the same method/mode/ratio)."""
+    """Rows of bench_quality JSON files (later files win on the same method/mode/ratio); a row
+    measured with fp32 Gram products has mode '<mode>, fp32 Gram' so it never hides an fp64 one."""
     rows: dict[tuple, dict] = {}
     dense: dict = {}
     for p in paths:
@@ -46,6 +47,8 @@ def quality_rows(paths) -> tuple[list[dict], dict]:
             raise ValueError(f"{p}: no 'rows' (not a bench_quality.py result)")
         dense = d.get("dense", dense)
         for r in d["rows"]:
+            if r.get("gram_products", "fp64") != "fp64":
+                r = {**r, "mode": f"{r['mode']}, {r['gram_products']} Gram"}
             rows[(r["method"], r["mode"], r["ratio"])] = r
     return list(rows.values()), dense
 
@@ -60,7 +63,7 @@ def plot_quality(paths, out, dataset: str = "wiki") -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for (method, mode) in sorted({(r["method"], r["mode"]) for r in rows}):
         pts = sorted((r["ratio"], r["ppl"][dataset]) for r in rows if (r["method"], r["mode"]) == (method, mode))
-        ax.plot(*zip(*pts), marker="o", ls="-" if mode == "oneshot" else "--",
+        ax.plot(*zip(*pts), marker="o", ls="-" if mode.startswith("oneshot") else "--",
                 label=f"{method} ({mode})")
     if dataset in dense:
         ax.axhline(dense[dataset], color="k", lw=0.8, ls=":", label=f"dense {dense[dataset]:.2f}")
