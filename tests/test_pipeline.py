@@ -110,6 +110,25 @@ def test_fp32_gram_products_compress_close_to_fp64():
         assert torch.allclose(a(ids).logits, b(ids).logits, atol=1e-3)
 
 
+def test_reported_output_error_is_measured_on_the_calibration_inputs():
+    model, ids = tiny("llama"), calib()
+    name = "model.layers.1.mlp.down_proj"
+    dense = dict(model.named_modules())[name]
+    W = dense.weight.detach().double().clone()
+    inputs = []
+    handle = dense.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach().reshape(-1, W.shape[1])))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    rep = sz.compress(model, sz.SVDLLMConfig(ratio=0.5), ids, progress=False)
+    low = dict(model.named_modules())[name]
+    X = torch.cat(inputs).double()
+    expect = float(((W - low.A.double() @ low.B.double()) @ X.T).norm() / (W @ X.T).norm())
+    got = next(m.out_rel_error for m in rep.modules if m.name == name)
+    assert 0.01 < expect < 1
+    assert got == pytest.approx(expect, rel=1e-4)
+
+
 def test_stats_reuse_matches_fresh_collection():
     ids = calib()
     a, b = tiny("llama"), tiny("llama")

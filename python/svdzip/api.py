@@ -33,11 +33,18 @@ def _check_weights(targets: list[Target]) -> None:
 
 
 def _out_error(W: torch.Tensor, D: torch.Tensor, gram: torch.Tensor | None) -> float | None:
+    """‖D·X‖ / ‖W·X‖ from the Gram, i.e. √(tr(D G Dᵀ) / tr(W G Wᵀ)). A reported figure, so its
+    two m×n×n products run in fp32 (half the time of fp64; ~1e-6 relative error); the sums of
+    their elementwise products are taken in fp64."""
     if gram is None:
         return None
-    G = gram.double()
-    num = torch.einsum("ij,jk,ik->", D, G, D)
-    den = torch.einsum("ij,jk,ik->", W, G, W)
+    G = gram.float()
+
+    def energy(M: torch.Tensor) -> torch.Tensor:
+        Mf = M.float()
+        return ((Mf @ G) * Mf).sum(dtype=torch.float64)
+
+    num, den = energy(D), energy(W)
     return float((num.clamp_min(0) / den).sqrt()) if den > 0 else None
 
 
