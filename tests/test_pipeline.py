@@ -214,6 +214,19 @@ def test_row_fisher_matches_per_window_gradients():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_row_fisher_recomputes_blocks_in_backward_and_restores_them():
+    from svdzip.calibration.fisher import row_fisher
+    from svdzip.pipeline.walk import decoder_layers, find_targets
+    model, ids = tiny("llama"), calib(2)
+    _, targets = find_targets(model, sz.FWSVDConfig())
+    runs = []
+    handle = model.model.layers[1].mlp.register_forward_pre_hook(lambda m, a: runs.append(1))
+    row_fisher(model, targets, ids, progress=False)
+    handle.remove()
+    assert len(runs) == 2 * ids.shape[0]  # forward + recompute in backward, per window
+    assert all("forward" not in layer.__dict__ for layer in decoder_layers(model))
+
+
 def test_one_shot_streams_one_block_of_statistics_at_a_time(monkeypatch):
     from svdzip.calibration.collector import StatsCollector
     covered = []
