@@ -1,10 +1,11 @@
 """Native svdzip ops vs plain torch, same run, same shapes.
 
   python bench/bench_ops.py                 # SmolLM2 shapes on CPU
-  python bench/bench_ops.py --llama         # also LLaMA-7B shapes (4096x4096, 11008x4096)
+  python bench/bench_ops.py --shapes llama  # LLaMA-7B shapes (4096x4096, 11008x4096): ops_cpu_llama.json
   python bench/bench_ops.py --device cuda   # when the CUDA backend is built
 
-Prints one row per case (torch ms, svdzip ms, speed-up) and writes bench/results/ops_<device>.json.
+Prints one row per case (torch ms, svdzip ms, speed-up) and writes bench/results/ops_<device>.json
+(ops_<device>_<shapes>.json for --shapes llama|all).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def lowrank_cases(dev, m, n, tokens, ratio=0.6):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--llama", action="store_true", help="add LLaMA-7B shapes (slow on CPU)")
+    ap.add_argument("--shapes", choices=["smollm2", "llama", "all"], default="smollm2",
+                    help="SmolLM2 shapes, LLaMA-7B shapes (slow on CPU) or both")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--model-svd", action=argparse.BooleanOptionalAction, default=None,
                     help="SVD of all 210 SmolLM2 matrices (default: on for cuda, off for cpu)")
@@ -100,7 +102,7 @@ def main() -> None:
         ap.error("--device cuda: torch sees no CUDA device")
     torch.manual_seed(0)
     dev = args.device
-    shapes = SMOL + (LLAMA if args.llama else [])
+    shapes = {"smollm2": SMOL, "llama": LLAMA, "all": SMOL + LLAMA}[args.shapes]
     ins = sorted({n for _, n in shapes})
     cases = [gram_case(dev, n) for n in ins] + [svd_case(dev, m, n) for m, n in shapes]
     if args.model_svd if args.model_svd is not None else dev == "cuda":
@@ -119,8 +121,9 @@ def main() -> None:
             row.update(extra())
         rows.append(row)
         print(f"{name:58s} {row['torch_ms']:10.3f} {row['svdzip_ms']:10.3f} {row['speedup']:8.2f}x")
-    path = write_json(f"ops_{dev}.json", {"machine": machine(dev), "repeats": args.repeats,
-                                          "rows": rows})
+    suffix = "" if args.shapes == "smollm2" else f"_{args.shapes}"
+    path = write_json(f"ops_{dev}{suffix}.json", {"machine": machine(dev), "repeats": args.repeats,
+                                                  "shapes": args.shapes, "rows": rows})
     print(f"wrote {path}")
 
 
