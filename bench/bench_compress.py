@@ -4,7 +4,7 @@ decomposition / evaluation, and peak memory, per method at one ratio, one-shot a
   python bench/bench_compress.py                          # all methods, 0.8, both modes
   python bench/bench_compress.py --methods svd_llm nsvd --modes oneshot --max-windows 8
   python bench/bench_compress.py --device cuda --tag smollm2_cuda
-  python bench/bench_compress.py --methods svd_llm nsvd ressvd --gram-products fp32 --tag smollm2_fp32
+  python bench/bench_compress.py --methods svd_llm nsvd ressvd --modes oneshot --gram-products fp64 fp32
 
 Each configuration runs in a fresh child process, so its peak RSS (ru_maxrss) is its own.
 RSS also counts the pages of torch's shared libraries (~640 MiB of libtorch_cpu.so etc. once
@@ -31,6 +31,7 @@ import torch
 from _timing import machine, write_json
 
 ALL_METHODS = ["svd", "fwsvd", "asvd", "svd_llm", "nsvd", "ressvd"]
+GRAM_METHODS = {"svd_llm", "nsvd", "ressvd"}
 SVDS_PER_MODULE = {"svd": 1, "fwsvd": 1, "asvd": 1, "svd_llm": 1, "nsvd": 2, "ressvd": 2}
 
 
@@ -119,7 +120,8 @@ def child_run(args, method: str, mode: str) -> dict:
 
     model, tok, calib = _setup(args)
     rss_loaded, anon_loaded = _rss_mb(), _anon_mb()
-    cfg = CONFIGS[method](ratio=args.ratio, sequential=mode == "sequential", gram_products=args.gram_products)
+    cfg = CONFIGS[method](ratio=args.ratio, sequential=mode == "sequential",
+                          gram_products=args.gram_products[0])
     with AnonPeak() as anon:
         rep = sz.compress(model, cfg, calib, progress=False)
         _sync(args)
@@ -128,7 +130,7 @@ def child_run(args, method: str, mode: str) -> dict:
     t = time.perf_counter()
     ppl = ev.evaluate(model, tok, ["wiki"], 512, args.max_windows, progress=False)["wiki"]
     eval_s = time.perf_counter() - t
-    return {"method": method, "mode": mode, "ratio": args.ratio, "gram_products": args.gram_products,
+    return {"method": method, "mode": mode, "ratio": args.ratio, "gram_products": args.gram_products[0],
             "seconds_stats": rep.seconds_stats, "seconds_decompose": rep.seconds_decompose,
             "seconds_compress": rep.seconds_total, "seconds_eval": eval_s,
             "eval_windows": args.max_windows, "wiki_ppl": ppl,
@@ -137,11 +139,11 @@ def child_run(args, method: str, mode: str) -> dict:
             "peak_rss_mb": _rss_mb(), **gpu}
 
 
-def _spawn(args, *extra) -> dict:
+def _spawn(args, *extra, gram: str = "fp64") -> dict:
     cmd = [sys.executable, __file__, "--child", *extra, "--ratio", str(args.ratio),
            "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen),
            "--max-windows", str(args.max_windows), "--threads", str(args.threads), "--device", args.device,
-           "--gram-products", args.gram_products]
+           "--gram-products", gram]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"child {extra} failed:\n{proc.stderr[-3000:]}")
@@ -158,8 +160,9 @@ def main() -> None:
     ap.add_argument("--max-windows", type=int, default=16, help="wiki windows evaluated after compression")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (then peak GPU memory is recorded too)")
-    ap.add_argument("--gram-products", choices=["fp64", "fp32"], default="fp64",
-                    help="precision of each window's Gram product (config gram_products)")
+    ap.add_argument("--gram-products", nargs="+", choices=["fp64", "fp32"], default=["fp64"],
+                    help="precision of each window's Gram product (config gram_products); "
+                         "several: a row each, against the same reference")
     ap.add_argument("--tag", default="smollm2")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -175,24 +178,31 @@ def main() -> None:
     out = {"machine": machine(torch.device(args.device).type),
            "protocol": {k: v for k, v in vars(args).items() if k != "child"},
            "reference": ref, "rows": []}
-    print(f"{'method':8s} {'mode':10s} {'stats s':>8s} {'decomp s':>8s} {'eval s':>7s} "
+    print(f"{'method':8s} {'mode':10s} {'gram':5s} {'stats s':>8s} {'decomp s':>8s} {'eval s':>7s} "
           f"{'vs ref':>6s} {'peak RSS MiB':>12s} {'peak/model':>10s} {'wiki ppl':>9s}", flush=True)
     for mode in args.modes:
         for method in args.methods:
             if method == "fwsvd" and mode == "sequential":
                 continue  # Fisher needs whole-model gradients: one-shot only
-            row = _spawn(args, method, mode)
-            budget = ref["forward_s"] + SVDS_PER_MODULE[method] * ref["svd_fp64_s"]
-            row["target_budget_s"] = budget
-            row["compress_vs_budget"] = row["seconds_compress"] / budget
-            row["peak_rss_over_model"] = (row["peak_rss_mb"] - ref["peak_rss_mb"] + ref["model_mb"]) / ref["model_mb"]
-            row["peak_memory_in_models"] = (row["peak_anon_mb_compress"] - row["anon_mb_after_load"]
-                                            + ref["model_mb"]) / ref["model_mb"]
-            out["rows"].append(row)
-            write_json(f"compress_{args.tag}.json", out)
-            print(f"{method:8s} {mode:10s} {row['seconds_stats']:8.1f} {row['seconds_decompose']:8.1f} "
-                  f"{row['seconds_eval']:7.1f} {row['compress_vs_budget']:5.2f}x {row['peak_rss_mb']:12.0f} "
-                  f"{row['peak_memory_in_models']:9.2f}x {row['wiki_ppl']:9.2f}", flush=True)
+            for gram in args.gram_products:
+                if gram == "fp64" or method in GRAM_METHODS:  # the others collect no Gram
+                    _run_row(args, ref, out, method, mode, gram)
+
+
+def _run_row(args, ref, out, method, mode, gram) -> None:
+    """One child for (method, mode, gram products); its row against the run's reference."""
+    row = _spawn(args, method, mode, gram=gram)
+    budget = ref["forward_s"] + SVDS_PER_MODULE[method] * ref["svd_fp64_s"]
+    row["target_budget_s"] = budget
+    row["compress_vs_budget"] = row["seconds_compress"] / budget
+    row["peak_rss_over_model"] = (row["peak_rss_mb"] - ref["peak_rss_mb"] + ref["model_mb"]) / ref["model_mb"]
+    row["peak_memory_in_models"] = (row["peak_anon_mb_compress"] - row["anon_mb_after_load"]
+                                    + ref["model_mb"]) / ref["model_mb"]
+    out["rows"].append(row)
+    write_json(f"compress_{args.tag}.json", out)
+    print(f"{method:8s} {mode:10s} {gram:5s} {row['seconds_stats']:8.1f} {row['seconds_decompose']:8.1f} "
+          f"{row['seconds_eval']:7.1f} {row['compress_vs_budget']:5.2f}x {row['peak_rss_mb']:12.0f} "
+          f"{row['peak_memory_in_models']:9.2f}x {row['wiki_ppl']:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

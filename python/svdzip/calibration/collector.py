@@ -83,7 +83,9 @@ class StatsCollector:
         st["tokens"] += rows.shape[0]
         if "gram_window" in st:
             ops.gram_accumulate_(st["gram_window"].zero_(), rows)
-            st["gram"] += st["gram_window"]
+            # widen through a kept buffer: a mixed-dtype `+=` makes an n x n fp64 temporary on
+            # every call on CPU, and per-window temporaries fragment glibc's heap (RSS grows)
+            st["gram"] += st["gram_wide"].copy_(st["gram_window"])
         elif "gram" in st:
             ops.gram_accumulate_(st["gram"], rows)
         if "abs_sum" in st:  # mean|x| and max|x| are collected together
@@ -96,6 +98,7 @@ class StatsCollector:
             st["gram"] = torch.zeros(n, n, dtype=self.gram_dtype, device=device)
             if self.window_dtype != self.gram_dtype:
                 st["gram_window"] = torch.empty(n, n, dtype=self.window_dtype, device=device)
+                st["gram_wide"] = torch.empty(n, n, dtype=self.gram_dtype, device=device)
         if "abs_mean" in self.kinds or "abs_max" in self.kinds:
             st["abs_sum"] = torch.zeros(n, dtype=torch.float64, device=device)
             st["abs_max"] = torch.zeros(n, dtype=torch.float64, device=device)
