@@ -24,6 +24,26 @@ def test_gram_matches_reference(native, gen, shape, x_dtype, acc_dtype, tol):
     assert torch.equal(acc, acc.T)  # both triangles filled
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [129, 700])
+def test_gram_row_slabs_in_parallel_match_reference(native, gen, threads, n):
+    # The CPU op splits the triangle into one row slab per torch thread (n // 64 at most):
+    # every split must give the reference, with both triangles filled and nothing outside.
+    x = torch.randn(300, n, generator=gen)
+    start = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    start = start @ start.T
+    acc, ref = start.clone(), start.clone()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native.gram_accumulate_(acc, x, 0.25)
+    finally:
+        torch.set_num_threads(before)
+    _reference.gram_accumulate_(ref, x, 0.25)
+    assert torch.allclose(acc, ref, atol=1e-10 * float(ref.abs().max()), rtol=0)
+    assert torch.equal(acc, acc.T)
+
+
 def test_gram_streams_long_inputs_in_fp64(native, gen):
     # A long stream of fp32 rows into an fp64 acc keeps fp64 accuracy (chunks widened).
     x = torch.randn(20000, 8, generator=gen) + 100.0

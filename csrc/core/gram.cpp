@@ -19,12 +19,31 @@ void check_gram_args(index_t rows, index_t n, index_t ldx, index_t chunk_rows) {
                 " must be positive");
 }
 
-// syrk filled the column-major upper triangle, which is the row-major lower one:
-// copy it onto the row-major upper triangle so acc is a full symmetric matrix again.
+void check_slab_args(index_t rows, index_t n, index_t ldx, index_t r0, index_t r1) {
+  check_gram_args(rows, n, ldx, 1);
+  if (r0 < 0 || r1 < r0 || r1 > n)
+    throw Error("gram_accumulate_rows: rows [" + std::to_string(r0) + ", " + std::to_string(r1) +
+                ") are not inside [0, n = " + std::to_string(n) + "]");
+}
+
+// acc's row-major lower triangle is BLAS's column-major upper one. A slab = rows [r0, r1) of
+// the row-major lower triangle: syrk on its diagonal block, one GEMM for the rectangle left
+// of it, then its mirror image onto columns [r0, r1) of the upper triangle. Slabs with
+// disjoint row ranges read and write disjoint entries.
 template <typename T>
-void mirror_lower_to_upper(T* acc, index_t n) {
-  for (index_t r = 0; r < n; ++r)
-    for (index_t c = r + 1; c < n; ++c) acc[r * n + c] = acc[c * n + r];
+void gram_slab(T* acc, const T* x, index_t rows, index_t n, index_t ldx, double alpha,
+               index_t r0, index_t r1) {
+  const int w = detail::to_int(r1 - r0, "slab width"), k = detail::to_int(rows, "rows"),
+            left = detail::to_int(r0, "r0"), ni = detail::to_int(n, "n"),
+            ld = detail::to_int(ldx, "ldx");
+  if (w == 0 || k == 0) return;
+  const T a = static_cast<T>(alpha);
+  // Column-major view of the row-major x is x^T (n x rows); syrk 'N' gives x^T x.
+  detail::syrk("U", "N", w, k, a, x + r0, ld, T(1), acc + r0 * n + r0, ni);
+  if (left > 0)
+    detail::gemm("N", "T", left, w, k, a, x, ld, x + r0, ld, T(1), acc + r0 * n, ni);
+  for (index_t r = 0; r < r1; ++r)
+    for (index_t c = std::max(r + 1, r0); c < r1; ++c) acc[r * n + c] = acc[c * n + r];
 }
 
 // acc += alpha * x^T x for x of the same precision as acc, one syrk per chunk.
@@ -32,13 +51,8 @@ template <typename T>
 void gram_same_precision(T* acc, const T* x, index_t rows, index_t n, index_t ldx, double alpha,
                          index_t chunk_rows) {
   check_gram_args(rows, n, ldx, chunk_rows);
-  const int ni = detail::to_int(n, "n"), ld = detail::to_int(ldx, "ldx");
-  for (index_t r0 = 0; r0 < rows; r0 += chunk_rows) {
-    const int k = detail::to_int(std::min(chunk_rows, rows - r0), "chunk_rows");
-    // Column-major view of the row-major chunk is x^T (n x k); syrk 'N' gives x^T x.
-    detail::syrk("U", "N", ni, k, static_cast<T>(alpha), x + r0 * ldx, ld, T(1), acc, ni);
-  }
-  mirror_lower_to_upper(acc, n);
+  for (index_t r0 = 0; r0 < rows; r0 += chunk_rows)
+    gram_slab(acc, x + r0 * ldx, std::min(chunk_rows, rows - r0), n, ldx, alpha, 0, n);
 }
 
 }  // namespace
@@ -62,10 +76,20 @@ void gram_accumulate(double* acc, const float* x, index_t rows, index_t n, index
     const index_t k = std::min(chunk, rows - r0);
     for (index_t i = 0; i < k; ++i)
       std::copy(x + (r0 + i) * ldx, x + (r0 + i) * ldx + n, wide.data() + i * n);
-    detail::syrk("U", "N", detail::to_int(n, "n"), detail::to_int(k, "chunk_rows"), alpha,
-                 wide.data(), detail::to_int(n, "n"), 1.0, acc, detail::to_int(n, "n"));
+    gram_slab(acc, wide.data(), k, n, n, alpha, 0, n);
   }
-  mirror_lower_to_upper(acc, n);
+}
+
+void gram_accumulate_rows(float* acc, const float* x, index_t rows, index_t n, index_t ldx,
+                          double alpha, index_t r0, index_t r1) {
+  check_slab_args(rows, n, ldx, r0, r1);
+  gram_slab(acc, x, rows, n, ldx, alpha, r0, r1);
+}
+
+void gram_accumulate_rows(double* acc, const double* x, index_t rows, index_t n, index_t ldx,
+                          double alpha, index_t r0, index_t r1) {
+  check_slab_args(rows, n, ldx, r0, r1);
+  gram_slab(acc, x, rows, n, ldx, alpha, r0, r1);
 }
 
 template <typename Acc, typename T>

@@ -1,42 +1,45 @@
-// GEMM-bound ops on CPU, run on torch's own BLAS and thread pool (see threads.h for the
-// measurements behind this). svdzip::core keeps BLAS versions of both for C++ consumers.
+// GEMM-bound ops on CPU, run on torch's thread pool (see threads.h for the measurements
+// behind this): the Gram as per-thread slabs of single-threaded core BLAS calls, the
+// low-rank linear on torch's own BLAS. svdzip::core keeps BLAS versions of both for C++ consumers.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "checks.h"
+#include "svdzip/core.h"
 
 namespace svdzip::torch_ops {
 namespace {
 
-// acc += alpha * x^T x touching only block pairs (i >= j) of the lower triangle, then
-// mirroring: with b column blocks this does (b+1)/2b of a full GEMM's flops (62.5% at b=4)
-// while each piece is still a large, well-threaded GEMM.
+// acc += alpha * x^T x as P row slabs of the lower triangle, one per torch thread, each a
+// syrk + GEMM on OpenBLAS kept single-threaded (threads.h): half a full GEMM's flops (the
+// earlier blocked-ATen version did 62.5%) without OpenBLAS's own thread pool. Slab p ends at
+// n * sqrt(p / P) so every slab has the same share of the triangle. The slabs run on torch's
+// own OpenMP threads (this file is built with -fopenmp, see torch_ops.cmake): threads of our
+// own ran 1.2-2.6x slower while torch's workers still spun after the previous torch op.
 void gram_accumulate_cpu(at::Tensor& acc, const at::Tensor& x, double alpha) {
   check_stat_args(acc, x, "gram_accumulate_", 2);
   const int64_t n = x.size(-1);
   at::Tensor rows = as_rows(x, n, at::kFloat).to(acc.scalar_type());
-  if (rows.size(0) == 0) return;
-  const int64_t bs = n <= 256 ? n : std::max<int64_t>(128, (n + 3) / 4);
-  // Each lower block is final once its GEMM is done, so it is mirrored right there (diagonal
-  // blocks too: a GEMM is not bitwise symmetric). Block by block on purpose: a whole-matrix
-  // tril() allocated an n x n temporary on every call (19 MB for n = 1536, once per calibration
-  // window), which fragmented glibc's heap.
-  for (int64_t i = 0; i < n; i += bs) {
-    const int64_t ni = std::min(bs, n - i);
-    at::Tensor xi = rows.narrow(1, i, ni);
-    for (int64_t j = 0; j <= i; j += bs) {
-      const int64_t nj = std::min(bs, n - j);
-      at::Tensor block = acc.narrow(0, i, ni).narrow(1, j, nj);
-      block.addmm_(xi.t(), rows.narrow(1, j, nj), 1.0, alpha);
-      if (j < i) {
-        acc.narrow(0, j, nj).narrow(1, i, ni).copy_(block.t());
-      } else {
-        block.copy_(block.tril() + block.tril(-1).t());
-      }
-    }
-  }
+  const int64_t r = rows.size(0);
+  if (r == 0) return;
+  const int64_t slabs = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 64));
+  auto edge = [&](int64_t p) {
+    return static_cast<int64_t>(std::llround(n * std::sqrt(double(p) / double(slabs))));
+  };
+  call_core("gram_accumulate_", [&] {
+    AT_DISPATCH_FLOATING_TYPES(acc.scalar_type(), "gram_accumulate_", [&] {
+      scalar_t* a = acc.data_ptr<scalar_t>();
+      const scalar_t* xr = rows.data_ptr<scalar_t>();
+      at::parallel_for(0, slabs, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p)
+          core::gram_accumulate_rows(a, xr, r, n, n, alpha, edge(p), edge(p + 1));
+      });
+    });
+  });
 }
 
 at::Tensor lowrank_linear_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,

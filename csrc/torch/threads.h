@@ -1,9 +1,11 @@
 // One thread pool per process. Inside torch, OpenBLAS's own pthread pool spins against
 // torch's OpenMP pool (measured on 2 cores: a compressed SmolLM2 forward ran 2.3x slower,
-// 1.6x even with OPENBLAS_THREAD_TIMEOUT=4), and this OpenBLAS build serialises calls made
-// from several threads at once. So GEMM-bound ops run on torch's BLAS (cpu_gemm_ops.cpp),
-// OpenBLAS stays single-threaded, and only offline LAPACK calls (SVD, whitening) give it
-// torch's thread count for the duration of one call.
+// 1.6x even with OPENBLAS_THREAD_TIMEOUT=4). So OpenBLAS stays single-threaded: the Gram
+// runs one single-threaded syrk/GEMM slab on each of torch's own threads, the low-rank
+// linear on torch's BLAS (cpu_gemm_ops.cpp), and only offline LAPACK calls (SVD,
+// whitening) give OpenBLAS torch's thread count for the duration of one call.
+// (An earlier note here said OpenBLAS serialises calls from several threads: it does not;
+// the slabs had run serially because at::parallel_for was compiled without OpenMP.)
 #pragma once
 
 #include <ATen/Parallel.h>

@@ -29,6 +29,16 @@ void gram_accumulate(double* acc, const double* x, index_t rows, index_t n, inde
 void gram_accumulate(double* acc, const float* x, index_t rows, index_t n, index_t ldx,
                      double alpha, index_t chunk_rows = 2048);
 
+// The share of gram_accumulate (one chunk, same precision) that owns rows [r0, r1) of acc:
+// it updates those rows' part of the lower triangle and their mirror image in the upper
+// one. Calls with disjoint row ranges touch disjoint entries, so a caller with its own
+// thread pool can run them concurrently, each on a single-threaded BLAS; the work of
+// rows [r0, r1) grows as r1^2 - r0^2 (equal shares: r_p = n * sqrt(p / P)).
+void gram_accumulate_rows(float* acc, const float* x, index_t rows, index_t n, index_t ldx,
+                          double alpha, index_t r0, index_t r1);
+void gram_accumulate_rows(double* acc, const double* x, index_t rows, index_t n, index_t ldx,
+                          double alpha, index_t r0, index_t r1);
+
 // Per-channel ASVD statistics of x (rows x n): acc[j] += alpha * sum_i |x_ij|  and
 // acc[j] = max(acc[j], max_i |x_ij|).  The caller divides by the token count for a mean.
 template <typename Acc, typename T>
