@@ -61,11 +61,33 @@ def test_svd_bad_input(native, A, k, exc, msg):
         native.batched_svd(A, k)
 
 
-def test_svd_rejects_nan_and_names_position(native):
-    A = torch.ones(2, 4, 3)
-    A[1, 2, 0] = float("nan")
-    with pytest.raises(RuntimeError, match=r"non-finite value nan at \(2, 0\)"):
-        native.batched_svd(A, 2)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch,bad", [(2, 1), (5, 3), (1, 0)])
+def test_svd_rejects_nan_and_names_matrix_and_position(native, threads, batch, bad):
+    # batches of at least the thread count run one matrix per thread: the message must still
+    # name the matrix by its place in the whole batch
+    A = torch.ones(batch, 4, 3)
+    A[bad, 2, 0] = float("nan")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with pytest.raises(RuntimeError, match=rf"matrix {bad}: input has a non-finite value nan at \(2, 0\)"):
+            native.batched_svd(A, 2)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_svd_batch_split_across_threads_matches_reference(native, gen, threads):
+    A = torch.randn(5, 40, 30, generator=gen, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        U, S, Vh = native.batched_svd(A, 30)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(S, torch.linalg.svdvals(A), rtol=1e-12, atol=0)
+    assert torch.allclose((U * S.unsqueeze(-2)) @ Vh, A, atol=1e-12)
 
 
 def test_svd_recovers_where_gesdd_does_not_converge(native):

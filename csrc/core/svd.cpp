@@ -23,8 +23,14 @@ template void check_finite<double>(const double*, index_t, index_t, index_t, con
 }  // namespace detail
 
 template <typename T>
-void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* u, T* s, T* vh) {
+void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* u, T* s, T* vh,
+                 index_t first_index) {
   const index_t mn = std::min(m, n);
+  // Errors name the matrix by its place in the caller's batch (first_index: where this call's
+  // slice of it starts, for callers that hand the core one slice at a time).
+  auto matrix_name = [&](index_t b) {
+    return "batched_svd: matrix " + std::to_string(first_index + b) + ": ";
+  };
   if (batch < 0 || m <= 0 || n <= 0)
     throw Error("batched_svd: bad shape batch=" + std::to_string(batch) +
                 " m=" + std::to_string(m) + " n=" + std::to_string(n));
@@ -50,7 +56,7 @@ void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* 
   std::vector<T> gwork;  // gesvd workspace, sized on first use
   for (index_t b = 0; b < batch; ++b) {
     const T* ab = a + b * m * n;
-    detail::check_finite(ab, m, n, n, "batched_svd input");
+    detail::check_finite(ab, m, n, n, (matrix_name(b) + "input").c_str());
     auto load = [&] {  // LAPACK overwrites its input: (re)load matrix b in LAPACK's layout
       if (tall) {
         for (index_t i = 0; i < m; ++i)
@@ -75,8 +81,7 @@ void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* 
                     static_cast<int>(gwork.size()), &info);
     }
     if (info != 0)
-      throw Error("batched_svd: gesdd and gesvd failed on matrix " + std::to_string(b) +
-                  " (info = " + std::to_string(info) +
+      throw Error(matrix_name(b) + "gesdd and gesvd failed (info = " + std::to_string(info) +
                   (info > 0 ? ", did not converge)" : ", bad argument)"));
     T* ub = u + b * m * k;
     T* vb = vh + b * k * n;
@@ -94,8 +99,8 @@ void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* 
 }
 
 template void batched_svd<float>(const float*, index_t, index_t, index_t, index_t, float*, float*,
-                                 float*);
+                                 float*, index_t);
 template void batched_svd<double>(const double*, index_t, index_t, index_t, index_t, double*,
-                                  double*, double*);
+                                  double*, double*, index_t);
 
 }  // namespace svdzip::core

@@ -48,8 +48,11 @@ void abs_max_accumulate(Acc* acc, const T* x, index_t rows, index_t n, index_t l
 
 // Truncated SVD of `batch` matrices a[b] (m x n, contiguous): a ~= u diag(s) vh with
 // u (m x k), s (k, descending), vh (k x n). 1 <= k <= min(m, n). LAPACK gesdd.
+// Errors name the failing matrix as first_index + its place in this batch (so a caller
+// that splits a batch across threads keeps the caller's numbering).
 template <typename T>
-void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* u, T* s, T* vh);
+void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* u, T* s, T* vh,
+                 index_t first_index = 0);
 
 // How a whitening factor was obtained; the pipeline reports it per module.
 enum class WhiteningPath : int { Cholesky = 0, CholeskyJitter = 1, Eigen = 2 };
