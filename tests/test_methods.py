@@ -122,3 +122,22 @@ def test_truncator_equals_decompose_at_every_rank(gen, cfg):
         A2, B2 = meth.decompose(W, prepared, k, cfg)
         assert A.shape == (24, k) and B.shape == (k, 16)
         assert torch.allclose(A @ B, A2 @ B2, atol=1e-9), (cfg.method, k)
+
+
+@pytest.mark.parametrize("cfg", [SVDConfig(), ASVDConfig(), SVDLLMConfig(), NSVDConfig(), ResSVDConfig(),
+                                 FWSVDConfig()], ids=lambda c: c.method)
+def test_decompose_many_equals_one_by_one(gen, cfg):
+    # A block's modules are decomposed together (same-shaped SVDs in one batched call, run
+    # one matrix per thread): the factors must be those of decomposing each module alone.
+    meth = methods.get(cfg.method)
+    jobs = []
+    for m, n, k in [(24, 16, 5), (24, 16, 9), (10, 16, 3), (24, 16, 5)]:
+        W, _, stats = _problem(gen, m=m, n=n)
+        stats["fisher"] = torch.rand(m, generator=gen, dtype=torch.float64) + 0.1
+        jobs.append((W, meth.prepare(stats, cfg), k))
+    together = meth.decompose_many(jobs, cfg)
+    assert len(together) == len(jobs)
+    for (W, prepared, k), (A, B) in zip(jobs, together):
+        A1, B1 = meth.decompose(W, prepared, k, cfg)
+        assert A.shape == A1.shape and B.shape == B1.shape
+        assert torch.allclose(A @ B, A1 @ B1, atol=1e-9)

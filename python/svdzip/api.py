@@ -55,29 +55,33 @@ def _notes(prepared) -> dict:
 
 
 def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> None:
-    """Decompose each target with its (shared) prepared statistics and swap it in."""
+    """Decompose a block's targets with their (shared) prepared statistics, all at once so
+    that same-shaped SVDs share one batched call, and swap them in."""
+    t0 = time.perf_counter()
     prepared: dict[str, object] = {}
+    jobs = []
     for t in targets:
-        t0 = time.perf_counter()
-        st = stats.get(t.name, {})
-        key = st.get("leader", t.name)
+        key = stats.get(t.name, {}).get("leader", t.name)
         if key not in prepared:
-            prepared[key] = method.prepare(st, cfg)
+            prepared[key] = method.prepare(stats.get(t.name, {}), cfg)
         m, n = t.shape
-        k = rank.rank_for_ratio(m, n, t.ratio)
-        W = t.module.weight.detach().double()
-        A, B = method.decompose(W, prepared[key], k, cfg)
+        jobs.append((t.module.weight.detach().double(), prepared[key], rank.rank_for_ratio(m, n, t.ratio)))
+    results = method.decompose_many(jobs, cfg)
+    shared_s = (time.perf_counter() - t0) / max(len(targets), 1)  # batched: split evenly
+    for t, (W, prep, k), (A, B) in zip(targets, jobs, results):
+        t0 = time.perf_counter()
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise FloatingPointError(f"{t.name}: {cfg.method} produced non-finite factors at rank {k}")
         D = W - A @ B
+        m, n = t.shape
         bias = 0 if t.module.bias is None else m
         new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=t.module.weight.dtype)
         setattr(t.parent, t.attr, new)
         t.module = None  # the target list outlives this call: let the dense weight go now
         report.modules.append(ModuleReport(
             t.name, (m, n), k, m * n + bias, rank.lowrank_params(m, n, k) + bias,
-            float(D.norm() / W.norm()), _out_error(W, D, st.get("gram")), _notes(prepared[key]),
-            time.perf_counter() - t0))
+            float(D.norm() / W.norm()), _out_error(W, D, stats.get(t.name, {}).get("gram")),
+            _notes(prep), shared_s + time.perf_counter() - t0))
 
 
 def _check_stats(stats: dict, targets: list[Target], kinds) -> None:

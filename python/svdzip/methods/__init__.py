@@ -17,17 +17,20 @@ class Method:
     prepare: Callable             # (stats: dict, cfg) -> prepared (shared by modules with one input)
     decompose: Callable           # (W, prepared, rank, cfg) -> (A, B)
     truncator: Callable           # (W, prepared, cfg) -> (rank -> (A, B)), sharing SVDs across ranks
+    decompose_many: Callable      # ([(W, prepared, rank)], cfg) -> [(A, B)], SVDs batched by shape
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, stats=(), prepare=None, truncator=None):
+def register(name: str, stats=(), prepare=None, truncator=None, many=None):
     """`truncator` lets rank-allocation trials reuse one SVD for every candidate rank; without
-    one, each rank is decomposed from scratch."""
+    one, each rank is decomposed from scratch. `many` decomposes a block's modules together
+    (same-shaped SVDs in one batched call); without it they are decomposed one by one."""
     def deco(fn):
         trunc = truncator or (lambda W, p, cfg: (lambda k: fn(W, p, k, cfg)))
-        METHODS[name] = Method(name, frozenset(stats), prepare or (lambda s, c: None), fn, trunc)
+        each = many or (lambda jobs, cfg: [fn(W, p, k, cfg) for W, p, k in jobs])
+        METHODS[name] = Method(name, frozenset(stats), prepare or (lambda s, c: None), fn, trunc, each)
         return fn
     return deco
 

@@ -2,7 +2,7 @@
 B = Σ½Vᵀ·diag(s)^−α."""
 
 from . import register
-from .weighting import channel_scale, truncate, truncator_of_prepared
+from .weighting import channel_scale, truncate, truncate_many_prepared, truncator_of_prepared
 
 
 def _prepare(stats, cfg):
@@ -10,6 +10,6 @@ def _prepare(stats, cfg):
 
 
 @register("asvd", stats=("abs_mean", "abs_max"), prepare=_prepare,
-          truncator=truncator_of_prepared)
+          truncator=truncator_of_prepared, many=truncate_many_prepared)
 def decompose(W, prepared, rank, cfg):
     return truncate(W, rank, prepared)

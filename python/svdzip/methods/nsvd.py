@@ -3,7 +3,7 @@
 residual at k − k1. A = [A1 A2], B = [B1; B2]."""
 
 from . import register
-from .weighting import for_stage, two_stage, two_stage_truncator
+from .weighting import for_stage, two_stage, two_stage_many, two_stage_truncator
 
 
 def split(rank: int, fraction: float) -> int:
@@ -18,7 +18,12 @@ def stage_truncator(W, prepared, cfg):
     return two_stage_truncator(W, *prepared, lambda k: split(k, cfg.first_fraction))
 
 
-@register("nsvd", prepare=prepare, truncator=stage_truncator)  # stats follow the stage weightings
+def decompose_many(jobs, cfg):
+    """Both stages' SVDs batched by shape across the jobs (W, (w1, w2), rank)."""
+    return two_stage_many([(W, k, split(k, cfg.first_fraction), *p) for W, p, k in jobs])
+
+
+@register("nsvd", prepare=prepare, truncator=stage_truncator, many=decompose_many)  # stats follow the stage weightings
 def decompose(W, prepared, rank, cfg):
     w1, w2 = prepared
     return two_stage(W, rank, split(rank, cfg.first_fraction), w1, w2)

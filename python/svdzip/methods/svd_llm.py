@@ -2,10 +2,10 @@
 Minimises the layer's output error ‖(W − AB)Xᵀ‖_F over rank-k pairs."""
 
 from . import register
-from .weighting import truncate, truncator_of_prepared, whitened
+from .weighting import truncate, truncate_many_prepared, truncator_of_prepared, whitened
 
 
 @register("svd_llm", stats=("gram",), prepare=lambda stats, cfg: whitened(stats["gram"], cfg.jitter),
-          truncator=truncator_of_prepared)
+          truncator=truncator_of_prepared, many=truncate_many_prepared)
 def decompose(W, prepared, rank, cfg):
     return truncate(W, rank, prepared)

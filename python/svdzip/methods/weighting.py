@@ -36,14 +36,35 @@ def _unweight_right(B: torch.Tensor, w: Weighting) -> torch.Tensor:
     return torch.linalg.solve(S.T, B.T).T
 
 
-def weighted_svd(W: torch.Tensor, w: Weighting = PLAIN, k: int | None = None):
-    """SVD (rank k, default full) of the weighted matrix l ⊙ W·S, in float64."""
+def _weighted(W: torch.Tensor, w: Weighting) -> torch.Tensor:
     M = W.double()
     if w.right is not None:
         M = M * w.right if w.right.dim() == 1 else M @ w.right
     if w.left is not None:
         M = w.left[:, None] * M
-    return ops.batched_svd(M, min(M.shape) if k is None else k)
+    return M
+
+
+def weighted_svds(jobs: list[tuple[torch.Tensor, Weighting, int | None]]) -> list[tuple]:
+    """SVDs (rank k, None = full) of the weighted matrices l ⊙ W·S of several (W, w, k), in
+    float64. Matrices of one shape go to one batched_svd call, which on CPU runs one matrix
+    per thread (1.4-1.6x faster than one after another on SmolLM2's shapes)."""
+    mats = [_weighted(W, w) for W, w, _ in jobs]
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, M in enumerate(mats):
+        by_shape.setdefault(tuple(M.shape), []).append(i)
+    out: list = [None] * len(jobs)
+    for shape, idx in by_shape.items():
+        k = max(min(shape) if jobs[i][2] is None else jobs[i][2] for i in idx)
+        U, S, Vh = ops.batched_svd(torch.stack([mats[i] for i in idx]), k)
+        for j, i in enumerate(idx):
+            out[i] = (U[j], S[j], Vh[j])
+    return out
+
+
+def weighted_svd(W: torch.Tensor, w: Weighting = PLAIN, k: int | None = None):
+    """SVD (rank k, default full) of the weighted matrix l ⊙ W·S, in float64."""
+    return weighted_svds([(W, w, k)])[0]
 
 
 def factors(U, S, Vh, k: int, w: Weighting = PLAIN) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +78,15 @@ def factors(U, S, Vh, k: int, w: Weighting = PLAIN) -> tuple[torch.Tensor, torch
     return A, B
 
 
+def truncate_many(jobs: list[tuple[torch.Tensor, int, Weighting]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """truncate(W, k, w) for each (W, k, w), the SVDs batched by shape."""
+    usvs = weighted_svds([(W, w, k) for W, k, w in jobs])
+    return [factors(*usv, k, w) for usv, (_, k, w) in zip(usvs, jobs)]
+
+
 def truncate(W: torch.Tensor, k: int, w: Weighting = PLAIN) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, B) of rank k minimising ‖l ⊙ (W − AB)·S‖_F, with A m×k and B k×n (float64)."""
-    return factors(*weighted_svd(W, w, k), k, w)
+    return truncate_many([(W, k, w)])[0]
 
 
 def truncator(W: torch.Tensor, w: Weighting = PLAIN):
@@ -73,24 +100,40 @@ def truncator_of_prepared(W: torch.Tensor, prepared: Weighting, cfg=None):
     return truncator(W, prepared)
 
 
+def truncate_many_prepared(jobs, cfg=None):
+    """Method.decompose_many of those methods: jobs are (W, prepared Weighting, rank)."""
+    return truncate_many([(W, k, w) for W, w, k in jobs])
+
+
+def two_stage_many(jobs: list[tuple]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """two_stage(W, k, k1, w1, w2) for each job, each stage's SVDs batched by shape."""
+    firsts = truncate_many([(W, k1, w1) for W, k, k1, w1, w2 in jobs])
+    return _second_stages(jobs, firsts)
+
+
 def two_stage(W: torch.Tensor, k: int, k1: int, w1: Weighting, w2: Weighting):
     """Stage 1 at rank k1 under w1; stage 2 fits the residual at k − k1 under w2.
     With w1 == w2 this equals a single rank-k truncation (Eckart–Young): the stages must differ."""
-    return _second_stage(W, k, k1, *truncate(W, k1, w1), w2)
+    return two_stage_many([(W, k, k1, w1, w2)])[0]
 
 
 def two_stage_truncator(W: torch.Tensor, w1: Weighting, w2: Weighting, split):
     """k -> two_stage(W, k, split(k), w1, w2) sharing one stage-1 SVD; stage 2 (the residual
     depends on k) is one more SVD per call."""
     first = truncator(W, w1)
-    return lambda k: _second_stage(W, k, split(k), *first(split(k)), w2)
+    return lambda k: _second_stages([(W, k, split(k), w1, w2)], [first(split(k))])[0]
 
 
-def _second_stage(W, k, k1, A1, B1, w2):
-    if k1 >= k:
-        return A1, B1
-    A2, B2 = truncate(W.double() - A1 @ B1, k - k1, w2)
-    return torch.cat([A1, A2], 1), torch.cat([B1, B2], 0)
+def _second_stages(jobs, firsts):
+    """Stage 2 of each job (W, k, k1, w1, w2) on the residual of its stage-1 factors."""
+    todo = [i for i, (W, k, k1, _, _) in enumerate(jobs) if k1 < k]
+    seconds = truncate_many([(jobs[i][0].double() - firsts[i][0] @ firsts[i][1],
+                              jobs[i][1] - jobs[i][2], jobs[i][4]) for i in todo])
+    out = list(firsts)
+    for i, (A2, B2) in zip(todo, seconds):
+        A1, B1 = firsts[i]
+        out[i] = (torch.cat([A1, A2], 1), torch.cat([B1, B2], 0))
+    return out
 
 
 def whitened(gram: torch.Tensor, jitter: float) -> Weighting:
