@@ -68,8 +68,10 @@ def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> N
         jobs.append((t.module.weight.detach().double(), prepared[key], rank.rank_for_ratio(m, n, t.ratio)))
     results = method.decompose_many(jobs, cfg)
     shared_s = (time.perf_counter() - t0) / max(len(targets), 1)  # batched: split evenly
-    for t, (W, prep, k), (A, B) in zip(targets, jobs, results):
+    for i, t in enumerate(targets):
         t0 = time.perf_counter()
+        (W, prep, k), (A, B) = jobs[i], results[i]
+        jobs[i] = results[i] = None  # let this module's fp64 copies go once it is swapped in
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise FloatingPointError(f"{t.name}: {cfg.method} produced non-finite factors at rank {k}")
         D = W - A @ B

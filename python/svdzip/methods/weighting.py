@@ -56,7 +56,11 @@ def weighted_svds(jobs: list[tuple[torch.Tensor, Weighting, int | None]]) -> lis
     out: list = [None] * len(jobs)
     for shape, idx in by_shape.items():
         k = max(min(shape) if jobs[i][2] is None else jobs[i][2] for i in idx)
-        U, S, Vh = ops.batched_svd(torch.stack([mats[i] for i in idx]), k)
+        stacked = torch.stack([mats[i] for i in idx])
+        for i in idx:
+            mats[i] = None  # the stack holds them now: keep one copy alive, not two
+        U, S, Vh = ops.batched_svd(stacked, k)
+        del stacked
         for j, i in enumerate(idx):
             out[i] = (U[j], S[j], Vh[j])
     return out
