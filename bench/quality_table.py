@@ -24,7 +24,8 @@ def main(paths: list[str]) -> None:
         d = json.loads(f.read_text())
         dense = dense or d["dense"]
         rows += [(r, f.name) for r in d["rows"]]
-    rows.sort(key=lambda rf: (rf[0]["mode"], ORDER.index(rf[0]["method"]), -rf[0]["ratio"]))
+    rows.sort(key=lambda rf: (rf[0]["mode"], ORDER.index(rf[0]["method"]), -rf[0]["ratio"],
+                              rf[0].get("gram_products", "fp64") != "fp64"))
     print("| method | statistics | ratio (kept) | achieved (targets / model) | wiki ppl | ptb ppl | stats s | decomp s |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| dense | – | 1.0 | 1.0 / 1.0 | {dense['wiki']:.2f} | {dense['ptb']:.2f} | – | – |")
