@@ -130,9 +130,13 @@ def two_stage_truncator(W: torch.Tensor, w1: Weighting, w2: Weighting, split):
 
 def _second_stages(jobs, firsts):
     """Stage 2 of each job (W, k, k1, w1, w2) on the residual of its stage-1 factors."""
-    todo = [i for i, (W, k, k1, _, _) in enumerate(jobs) if k1 < k]
-    seconds = truncate_many([(jobs[i][0].double() - firsts[i][0] @ firsts[i][1],
-                              jobs[i][1] - jobs[i][2], jobs[i][4]) for i in todo])
+    todo = [i for i, (_, k, k1, _, _) in enumerate(jobs) if k1 < k]
+    residuals = []
+    for i in todo:
+        W, k, k1, _, w2 = jobs[i]
+        A1, B1 = firsts[i]
+        residuals.append((W.double() - A1 @ B1, k - k1, w2))
+    seconds = truncate_many(residuals)
     out = list(firsts)
     for i, (A2, B2) in zip(todo, seconds):
         A1, B1 = firsts[i]
