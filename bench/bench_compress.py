@@ -13,6 +13,7 @@ sampled every 20 ms during compress, minus RssAnon after loading, plus the model
 the model's size (= peak memory held, in models; the target is <= 2).
 A reference child measures, in the same run, what the issue's target is stated against: one
 plain calibration forward pass (no hooks) and one fp64 torch.linalg.svd of each targeted weight.
+It runs at the start and again at the end; rows are judged against the faster of the two.
 Writes bench/results/compress_<tag>.json and prints a table.
 """
 
@@ -171,13 +172,10 @@ def main() -> None:
         print(json.dumps(res))
         return
 
-    ref = _spawn(args, "reference")
-    print(f"reference: calibration forward {ref['forward_s']:.1f} s, {ref['modules']} fp64 SVDs "
-          f"{ref['svd_fp64_s']:.1f} s, model {ref['model_mb']:.0f} MiB, peak RSS {ref['peak_rss_mb']:.0f} MiB",
-          flush=True)
+    ref = _reference(args, "start")
     out = {"machine": machine(torch.device(args.device).type),
            "protocol": {k: v for k, v in vars(args).items() if k != "child"},
-           "reference": ref, "rows": []}
+           "reference": ref, "reference_runs": [ref], "rows": []}
     print(f"{'method':8s} {'mode':10s} {'gram':5s} {'stats s':>8s} {'decomp s':>8s} {'eval s':>7s} "
           f"{'vs ref':>6s} {'peak RSS MiB':>12s} {'peak/model':>10s} {'wiki ppl':>9s}", flush=True)
     for mode in args.modes:
@@ -187,14 +185,40 @@ def main() -> None:
             for gram in args.gram_products:
                 if gram == "fp64" or method in GRAM_METHODS:  # the others collect no Gram
                     _run_row(args, ref, out, method, mode, gram)
+    # This shared machine's speed drifts by up to ~30 % over a run: measure the reference again
+    # at the end and hold every row to the faster of the two (the stricter budget).
+    out["reference_runs"].append(_reference(args, "end"))
+    runs = out["reference_runs"]
+    out["reference"] = {**ref, "forward_s": min(r["forward_s"] for r in runs),
+                        "svd_fp64_s": min(r["svd_fp64_s"] for r in runs)}
+    print(f"budget from the faster reference: forward {out['reference']['forward_s']:.1f} s, "
+          f"SVDs {out['reference']['svd_fp64_s']:.1f} s", flush=True)
+    for row in out["rows"]:
+        _judge(row, out["reference"])
+        print(f"{row['method']:8s} {row['mode']:10s} {row['gram_products']:5s} "
+              f"{row['compress_vs_budget']:5.2f}x of the budget", flush=True)
+    write_json(f"compress_{args.tag}.json", out)
+
+
+def _reference(args, when: str) -> dict:
+    ref = _spawn(args, "reference")
+    print(f"reference ({when}): calibration forward {ref['forward_s']:.1f} s, {ref['modules']} fp64 SVDs "
+          f"{ref['svd_fp64_s']:.1f} s, model {ref['model_mb']:.0f} MiB, peak RSS {ref['peak_rss_mb']:.0f} MiB",
+          flush=True)
+    return ref
+
+
+def _judge(row: dict, ref: dict) -> None:
+    """The row's time against the issue's budget: one forward + the SVDs its method needs."""
+    budget = ref["forward_s"] + SVDS_PER_MODULE[row["method"]] * ref["svd_fp64_s"]
+    row["target_budget_s"] = budget
+    row["compress_vs_budget"] = row["seconds_compress"] / budget
 
 
 def _run_row(args, ref, out, method, mode, gram) -> None:
     """One child for (method, mode, gram products); its row against the run's reference."""
     row = _spawn(args, method, mode, gram=gram)
-    budget = ref["forward_s"] + SVDS_PER_MODULE[method] * ref["svd_fp64_s"]
-    row["target_budget_s"] = budget
-    row["compress_vs_budget"] = row["seconds_compress"] / budget
+    _judge(row, ref)  # against the start reference for now; main() rejudges at the end
     row["peak_rss_over_model"] = (row["peak_rss_mb"] - ref["peak_rss_mb"] + ref["model_mb"]) / ref["model_mb"]
     row["peak_memory_in_models"] = (row["peak_anon_mb_compress"] - row["anon_mb_after_load"]
                                     + ref["model_mb"]) / ref["model_mb"]
