@@ -42,3 +42,12 @@ def test_env_command_with_native():
     r = _run("from svdzip.cli import main; raise SystemExit(main(['env']))")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "native library: loaded" in r.stdout and "FAILED" not in r.stdout
+
+
+def test_extension_is_built_with_openmp(native):
+    # at::parallel_for is a header template: in a library compiled without OpenMP it runs
+    # serially, and the CPU Gram's row slabs and batched SVDs lose their threads silently.
+    from svdzip import _C
+
+    info = _C.build_info()
+    assert info["openmp"] is True, info

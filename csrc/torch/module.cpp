@@ -7,6 +7,10 @@
 #include "svdzip/cuda.h"
 #endif
 
+#ifndef SVDZIP_OPENMP
+#define SVDZIP_OPENMP 0
+#endif
+
 #ifndef SVDZIP_TORCH_VERSION
 #define SVDZIP_TORCH_VERSION "unknown"
 #endif
@@ -18,9 +22,11 @@ PYBIND11_MODULE(_C, m) {
     d["core"] = svdzip::core::build_info();
     d["torch_version"] = SVDZIP_TORCH_VERSION;
     d["cuda"] = bool(SVDZIP_WITH_CUDA);
+    // Without OpenMP the CPU ops' at::parallel_for runs serially (see torch_ops.cmake).
+    d["openmp"] = bool(SVDZIP_OPENMP);
 #if SVDZIP_WITH_CUDA
     d["cuda_core"] = svdzip::cuda::build_info();
 #endif
     return d;
-  }, "How this extension was built: core info, the torch it was compiled against, CUDA.");
+  }, "How this extension was built: core info, the torch it was compiled against, CUDA, OpenMP.");
 }

@@ -66,7 +66,8 @@ def format_report(r: dict) -> str:
     if r["native_loaded"]:
         b = r["build_info"]
         lines.append(f"native library: loaded ({b['core']}; built for torch {b['torch_version']}; "
-                     f"CUDA backend built: {b['cuda']})")
+                     f"CUDA backend built: {b['cuda']}; OpenMP (parallel CPU ops): "
+                     f"{b.get('openmp', False)})")
     else:
         lines.append(f"native library: NOT loaded, using pure-torch reference ops: {r['native_problem']}")
     lines.append("kernels (CPU / CUDA):")
