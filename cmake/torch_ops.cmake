@@ -26,14 +26,14 @@ Python_add_library(_C MODULE WITH_SOABI
   csrc/torch/schemas.cpp csrc/torch/cpu_ops.cpp csrc/torch/cpu_gemm_ops.cpp csrc/torch/module.cpp)
 target_link_libraries(_C PRIVATE svdzip_core torch pybind11::headers)
 # at::parallel_for is a header template whose OpenMP path exists only in code compiled with
-# OpenMP; without it the CPU Gram's slabs run one after another. Torch's wheels bundle a
+# OpenMP; without it the CPU Gram's slabs and a batch's SVDs run one after another. Torch's wheels bundle a
 # libgomp.so.1, so at run time this library binds to the one torch has already loaded.
 find_package(OpenMP COMPONENTS CXX)
 if(OpenMP_CXX_FOUND)
   target_link_libraries(_C PRIVATE OpenMP::OpenMP_CXX)
   target_compile_definitions(_C PRIVATE SVDZIP_OPENMP=1)
 else()
-  message(WARNING "svdzip: no OpenMP for ${CMAKE_CXX_COMPILER_ID}: the CPU Gram op will run single-threaded")
+  message(WARNING "svdzip: no OpenMP for ${CMAKE_CXX_COMPILER_ID}: the CPU Gram slabs and SVD batches will run serially")
 endif()
 if(SVDZIP_WITH_CUDA)
   target_sources(_C PRIVATE csrc/torch/cuda_ops.cpp)
