@@ -3,7 +3,7 @@
 residual at k − k1. A = [A1 A2], B = [B1; B2]."""
 
 from . import register
-from .weighting import for_stage, two_stage, two_stage_many, two_stage_truncator
+from .weighting import for_stage, two_stage_many, two_stage_truncator
 
 
 def split(rank: int, fraction: float) -> int:
@@ -25,5 +25,4 @@ def decompose_many(jobs, cfg):
 
 @register("nsvd", prepare=prepare, truncator=stage_truncator, many=decompose_many)  # stats follow the stage weightings
 def decompose(W, prepared, rank, cfg):
-    w1, w2 = prepared
-    return two_stage(W, rank, split(rank, cfg.first_fraction), w1, w2)
+    return decompose_many([(W, prepared, rank)], cfg)[0]

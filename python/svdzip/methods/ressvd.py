@@ -3,11 +3,9 @@ residual W − Ŵ1 truncated at r − r1 under `stage2`; only the last L blocks 
 (block selection lives in rank.py, driven by the config)."""
 
 from . import register
-from .nsvd import decompose_many, prepare, split, stage_truncator
-from .weighting import two_stage
+from .nsvd import decompose_many, prepare, stage_truncator
 
 
 @register("ressvd", prepare=prepare, truncator=stage_truncator, many=decompose_many)  # stats follow the stage weightings
 def decompose(W, prepared, rank, cfg):
-    w1, w2 = prepared
-    return two_stage(W, rank, split(rank, cfg.first_fraction), w1, w2)
+    return decompose_many([(W, prepared, rank)], cfg)[0]
