@@ -22,7 +22,7 @@ def test_compress_then_eval_smollm2(tmp_path):
     assert res["compressed_ppl"]["wiki"] > res["dense_ppl"]["wiki"]
     r = svdzip("eval", str(out), "--data", "wiki", "--max-windows", "2", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1])["wiki"] == \
+    assert json.loads(r.stdout.strip().splitlines()[-1])["ppl"]["wiki"] == \
         __import__("pytest").approx(res["compressed_ppl"]["wiki"], rel=1e-6)
 
 

@@ -13,6 +13,7 @@ from . import allocation, methods, rank
 from .calibration.collector import StatsCollector
 from .calibration.fisher import row_fisher
 from .config import CompressConfig
+from .dtypes import to_storage
 from .nn import LowRankLinear
 from .pipeline import replay
 from .pipeline.memory import release_freed_memory
@@ -74,16 +75,22 @@ def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> N
         jobs[i] = results[i] = None  # let this module's fp64 copies go once it is swapped in
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise FloatingPointError(f"{t.name}: {cfg.method} produced non-finite factors at rank {k}")
-        D = W - A @ B
+        AB = A @ B
+        dtype = t.module.weight.dtype
+        A, B, balanced = to_storage(A, B, dtype, t.name, float(AB.abs().max()))
+        if torch.finfo(dtype).eps > 1e-4:  # bf16 / fp16: report the error of the stored factors
+            AB = A.to(dtype).double() @ B.to(dtype).double()
+        D = AB.sub_(W).neg_()  # W - A·B, in place of the product (one m x n fp64 buffer)
         m, n = t.shape
         bias = 0 if t.module.bias is None else m
-        new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=t.module.weight.dtype)
+        new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=dtype)
         setattr(t.parent, t.attr, new)
         t.module = None  # the target list outlives this call: let the dense weight go now
         report.modules.append(ModuleReport(
             t.name, (m, n), k, m * n + bias, rank.lowrank_params(m, n, k) + bias,
             float(D.norm() / W.norm()), _out_error(W, D, stats.get(t.name, {}).get("gram")),
-            _notes(prep), shared_s + time.perf_counter() - t0))
+            {**_notes(prep), **({"balanced_split": True} if balanced else {})},
+            shared_s + time.perf_counter() - t0))
 
 
 def _check_stats(stats: dict, targets: list[Target], kinds) -> None:
@@ -135,9 +142,11 @@ def _one_shot(model, targets, calibration, kinds, progress, gram_products) -> di
 
 
 def compress(model, config: CompressConfig, calibration: torch.Tensor | None = None,
-             progress: bool = True, stats: dict | None = None) -> Report:
+             progress: bool = True, stats: dict | None = None,
+             calibration_info: dict | None = None) -> Report:
     """Compress `model` in place with `config`; `calibration` is (N, seqlen) token ids.
-    `stats` (from collect_statistics on this same dense model) skips one-shot collection."""
+    `stats` (from collect_statistics on this same dense model) skips one-shot collection.
+    `calibration_info` (e.g. {"source": "wiki", "bos": True}) is recorded in the report."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
@@ -165,7 +174,9 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
         layers, targets = find_targets(model, config, left_dense)
     report = Report(config.method, config.to_dict(), model_params_before=_count(model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
-                    allocation=allocated, seconds_stats=alloc_stats_s)
+                    allocation=allocated, seconds_stats=alloc_stats_s,
+                    dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                    calibration=_calibration_record(calibration, calibration_info))
     blocks = _by_block(targets)
     was_training = model.training
     model.eval()
@@ -191,6 +202,12 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     report.model_params_after = _count(model)
     report.seconds_total = time.perf_counter() - t_start
     return report
+
+
+def _calibration_record(calibration, info: dict | None) -> dict:
+    rec = {} if calibration is None else {"windows": int(calibration.shape[0]),
+                                          "seqlen": int(calibration.shape[1])}
+    return {**rec, **(info or {})}
 
 
 def _allocate_by_sensitivity(model, layers, targets, stats, config, method, calibration, progress):

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .config import CONFIGS
+from .config import CONFIGS, method_name
 
 METHOD_OPTIONS = {  # CLI flag -> config field, for the methods that have it
     "alpha": "alpha", "stat": "stat", "variant": "variant", "first_fraction": "first_fraction",
@@ -22,7 +22,8 @@ def add_compress(sub) -> None:
                                    "of those parameters KEPT (0.8 = the papers' '20%% compression').")
     p.add_argument("model", help="Hugging Face directory or alias (smollm2-135m)")
     p.add_argument("out", help="output directory (replaced atomically)")
-    p.add_argument("--method", default="nsvd", choices=sorted(CONFIGS))
+    p.add_argument("--method", default="nsvd", type=method_name, choices=sorted(CONFIGS),
+                   help="svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nsvd, ressvd")
     p.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")
     p.add_argument("--calib", default="wiki", help="calibration text: wiki, ptb or a text file")
     p.add_argument("--n-samples", type=int, default=32)
@@ -54,7 +55,20 @@ def add_compress(sub) -> None:
     p.add_argument("--json", default=None, help="also write the report and ppl to this JSON file")
     p.add_argument("--per-module", action="store_true", help="print the per-module table")
     p.add_argument("--device", default="cpu", help="where to compress and evaluate: cpu, cuda, cuda:1")
+    _add_model_options(p)
     p.set_defaults(func=run_compress)
+
+
+def _add_model_options(p) -> None:
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype to load (and store the factors in); auto = the checkpoint's own")
+    p.add_argument("--bos", default="auto", choices=["auto", "yes", "no"],
+                   help="start every calibration/evaluation window with BOS; auto = the model's "
+                        "convention (its tokenizer adds BOS by default: Gemma yes, SmolLM2/Qwen2.5 no)")
+
+
+def _bos(args) -> bool | None:
+    return {"auto": None, "yes": True, "no": False}[args.bos]
 
 
 def add_eval(sub) -> None:
@@ -65,6 +79,7 @@ def add_eval(sub) -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    _add_model_options(p)
     p.set_defaults(func=run_eval)
 
 
@@ -104,19 +119,25 @@ def run_compress(args) -> int:
     cfg = make_config(args)
     t0 = time.perf_counter()
     device = _device(args.device)
-    model, tok = models.load(args.model)
+    model, tok = models.load(args.model, dtype=args.dtype)
     model.to(device)
+    bos = data.resolve_bos(tok, _bos(args))
     sets = [s for s in args.eval.split(",") if s]
-    result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio}
+    result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio,
+              "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    print(f"model {args.model}: {result['dtype']}, windows {'start with BOS' if bos else 'without BOS'} "
+          f"({'model default' if args.bos == 'auto' else '--bos ' + args.bos})")
     if sets:
-        result["dense_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows)
+        result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, _bos(args))
+        result["dense_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
         print("dense ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in result["dense_ppl"].items()))
-    calib = data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples, args.seqlen)
-    report = api.compress(model, cfg, calib)
+    calib = data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples,
+                                     args.seqlen, bos=bos)
+    report = api.compress(model, cfg, calib, calibration_info={"source": args.calib, "bos": bos})
     print(report.summary(per_module=args.per_module))
     out = io.save_compressed(model, args.out, tokenizer=tok, report=report)
     if sets:
-        result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows)
+        result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
         print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
               ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
     result.update(report=report.to_dict(), seconds=time.perf_counter() - t0, saved_to=str(out))
@@ -131,8 +152,15 @@ def run_eval(args) -> int:
     from . import eval as ev, models
 
     device = _device(args.device)
-    model, tok = models.load(args.model)
+    model, tok = models.load(args.model, dtype=args.dtype)
     model.to(device)
-    res = ev.evaluate(model, tok, [s for s in args.data.split(",") if s], args.seqlen, args.max_windows)
-    print(json.dumps(res) if args.json else "\n".join(f"{k}: ppl {v:.3f}" for k, v in res.items()))
+    res = ev.evaluate(model, tok, [s for s in args.data.split(",") if s], args.seqlen, args.max_windows,
+                      bos=_bos(args))
+    proto = ev.protocol(tok, args.seqlen, args.max_windows, _bos(args))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if args.json:
+        print(json.dumps({"ppl": res, "protocol": proto, "dtype": dtype}))
+    else:
+        print(f"{args.model}: {dtype}, windows {'with' if proto['bos'] else 'without'} BOS ({proto['bos_source']})")
+        print("\n".join(f"{k}: ppl {v:.3f}" for k, v in res.items()))
     return 0

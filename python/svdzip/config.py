@@ -8,7 +8,29 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 FORMAT_VERSION = 1
-CONFIGS: dict[str, type["CompressConfig"]] = {}
+
+
+def method_name(name: str) -> str:
+    """A method as users write it -> its registered name: 'SVD-LLM', 'svd-llm' -> 'svd_llm'."""
+    if not isinstance(name, str):
+        raise ValueError(f"method {name!r} must be a string")
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+class MethodRegistry(dict):
+    """{method name: value} that finds 'SVD-LLM' / 'svd-llm' under 'svd_llm'."""
+
+    def __getitem__(self, name):
+        return super().__getitem__(method_name(name))
+
+    def __contains__(self, name):
+        return isinstance(name, str) and super().__contains__(method_name(name))
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
+CONFIGS: MethodRegistry = MethodRegistry()
 WEIGHTINGS = ("plain", "whitened", "whitened_eigen", "asvd")
 
 

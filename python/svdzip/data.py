@@ -65,22 +65,52 @@ def text_for(name: str, split: str = "eval") -> str:
     return path.read_text(encoding="utf-8")
 
 
-def windows(tokenizer, text: str, seqlen: int, max_windows: int | None) -> torch.Tensor:
-    """Consecutive non-overlapping `seqlen`-token windows (no special tokens): (N, seqlen)."""
+def default_bos(tokenizer) -> bool:
+    """The model's own convention: True when its tokenizer puts BOS in front of a text by
+    default (Gemma), False when it does not (SmolLM2, Qwen2.5) or has no BOS token."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True).input_ids
+    return bool(ids) and ids[0] == bos
+
+
+def resolve_bos(tokenizer, bos: bool | None) -> bool:
+    """bos=None follows the model's convention (default_bos); True/False overrides it."""
+    if bos is None:
+        return default_bos(tokenizer)
+    if bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise ValueError(f"bos=True but {type(tokenizer).__name__} has no BOS token")
+    return bool(bos)
+
+
+def windows(tokenizer, text: str, seqlen: int, max_windows: int | None,
+            bos: bool = False) -> torch.Tensor:
+    """Consecutive non-overlapping windows of the text's tokens (no special tokens): (N, seqlen).
+    bos=True starts every window with the BOS token followed by the next seqlen - 1 text tokens,
+    so each window is still seqlen long and every text token but the first of a window is
+    scored (BOS itself is never a target)."""
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    n = ids.numel() // seqlen
+    step = seqlen - 1 if bos else seqlen
+    if step < 1:
+        raise ValueError(f"seqlen = {seqlen} is too short for a BOS window")
+    n = ids.numel() // step
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
         raise ValueError(f"text has {ids.numel()} tokens: fewer than one window of {seqlen}")
-    return ids[: n * seqlen].view(n, seqlen)
+    out = ids[: n * step].view(n, step)
+    if bos:
+        out = torch.cat([torch.full((n, 1), tokenizer.bos_token_id, dtype=out.dtype), out], 1)
+    return out
 
 
 def calibration_batches(tokenizer, text: str | None = None, n_samples: int = 32,
-                        seqlen: int = 512) -> torch.Tensor:
-    """The protocol's calibration set: the first n_samples windows of the calibration text."""
+                        seqlen: int = 512, bos: bool | None = None) -> torch.Tensor:
+    """The protocol's calibration set: the first n_samples windows of the calibration text.
+    bos=None follows the model's convention (default_bos)."""
     text = wiki_text("calib") if text is None else text
-    w = windows(tokenizer, text, seqlen, n_samples)
+    w = windows(tokenizer, text, seqlen, n_samples, resolve_bos(tokenizer, bos))
     if w.shape[0] < n_samples:
         raise ValueError(f"calibration text gives only {w.shape[0]} windows of {seqlen}, "
                          f"{n_samples} asked")

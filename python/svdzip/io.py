@@ -46,6 +46,7 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None) -> P
             tokenizer.save_pretrained(tmp)
         meta = {"format_version": FORMAT_VERSION, "svdzip_version": __import__("svdzip").__version__,
                 "architecture": type(model).__name__, "modules": modules,
+                "dtype": _dtype_name(next(model.parameters()).dtype),
                 "method_config": report.config if report is not None else None,
                 "report": report.to_dict() if report is not None else None}
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
@@ -54,6 +55,19 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _saved_dtype(meta: dict, config, where: Path) -> torch.dtype:
+    """The dtype the model was saved in (svdzip_config.json, else config.json, else fp32)."""
+    name = meta.get("dtype") or _dtype_name(getattr(config, "dtype", None) or torch.float32)
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{where / CONFIG_NAME}: dtype {name!r} is not a torch floating dtype")
+    return dtype
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
@@ -87,9 +101,10 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def load_compressed(path, dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_compressed(path, dtype: torch.dtype | None = None) -> nn.Module:
     """Rebuild the architecture from its config, swap in LowRankLinear per the rank map,
-    and load the weights strictly (every tensor present, shaped right, finite)."""
+    and load the weights strictly (every tensor present, shaped right, finite).
+    dtype None keeps the dtype the model was saved in."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -97,6 +112,7 @@ def load_compressed(path, dtype: torch.dtype = torch.float32) -> nn.Module:
     path = Path(path)
     meta = _read_meta(path)
     config = AutoConfig.from_pretrained(path)
+    dtype = dtype or _saved_dtype(meta, config, path)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     named = dict(model.named_modules())
     for name, spec in meta["modules"].items():

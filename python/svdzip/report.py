@@ -30,6 +30,8 @@ class Report:
     seconds_decompose: float = 0.0
     seconds_total: float = 0.0
     allocation: dict | None = None    # sensitivity allocation: ratios per module, trial time, cache hit
+    dtype: str = ""                   # the model's dtype (factors are stored in it)
+    calibration: dict = field(default_factory=dict)  # windows, seqlen, source, bos convention
 
     @property
     def target_params_before(self) -> int:
@@ -77,6 +79,8 @@ class Report:
             f"({self.target_params_after:,} / {self.target_params_before:,} params), "
             f"{self.ratio_model:.4f} over the whole model ({self.model_params_after:,} / "
             f"{self.model_params_before:,})",
+            f"dtype {self.dtype or '?'}; calibration " +
+            (", ".join(f"{k} {v}" for k, v in self.calibration.items()) or "none"),
             f"time: statistics {self.seconds_stats:.1f} s, decomposition {self.seconds_decompose:.1f} s, "
             f"total {self.seconds_total:.1f} s",
             f"whitening fallbacks: {len(fb)} modules" + (f" ({sorted(set(fb.values()))})" if fb else ""),

@@ -43,7 +43,8 @@ def row_fisher(model, targets, batches: torch.Tensor, progress: bool = True) -> 
         # Fold each gradient into its row sums as soon as backward has produced it, and drop it:
         # only one weight-sized gradient is alive at a time instead of all of them.
         def hook(w):
-            acc[name] += (w.grad * w.grad).sum(1, dtype=torch.float64)
+            g = w.grad.float()  # bf16/fp16 gradients: square in fp32 (fp16 squares underflow)
+            acc[name] += (g * g).sum(1, dtype=torch.float64)
             w.grad = None
         return hook
 

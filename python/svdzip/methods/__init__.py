@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..config import MethodRegistry
+
 
 @dataclass(frozen=True)
 class Method:
@@ -20,7 +22,7 @@ class Method:
     decompose_many: Callable      # ([(W, prepared, rank)], cfg) -> [(A, B)], SVDs batched by shape
 
 
-METHODS: dict[str, Method] = {}
+METHODS: MethodRegistry = MethodRegistry()  # 'SVD-LLM' and 'svd-llm' find 'svd_llm' 
 
 
 def register(name: str, stats=(), prepare=None, truncator=None, many=None):
