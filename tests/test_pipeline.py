@@ -66,6 +66,34 @@ def test_block_replay_reproduces_the_model(arch):
     assert torch.allclose(logits, ref, atol=1e-5)
 
 
+def test_gemma3_replay_from_a_middle_block_keeps_sliding_global_layers_and_softcapping():
+    """Sequential replay and sensitivity trials run the model from a middle block through
+    replay.head: sliding-window and global layers must each get their own mask and rotary
+    embedding, and the final logit soft-capping must be applied."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=6,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           final_logit_softcapping=2.0)
+    model = Gemma3ForCausalLM(cfg).eval()
+    ids = calib(2)  # 24 tokens: past the sliding window, so the two layer kinds differ
+    layers = decoder_layers(model)
+    hidden, args = replay.capture(model, layers, ids)
+    assert args[0][1]["attention_mask"] is not None
+    for layer, a in zip(layers, args):
+        hidden = replay.run_block(layer, hidden, a)
+    with torch.no_grad():
+        logits = replay.head(model)(torch.cat(hidden))
+        ref = model(ids).logits
+        uncapped = model.lm_head(model.model.norm(torch.cat(hidden)))
+    assert torch.allclose(logits, ref, atol=1e-5)
+    assert ref.abs().max() < 2.0 and not torch.allclose(uncapped, ref, atol=1e-3)
+    sliding, full = args[0][1]["attention_mask"], args[1][1]["attention_mask"]
+    assert full is None or not torch.equal(sliding, full)  # each layer kept its own mask
+
+
 def test_one_gram_per_distinct_input():
     model = tiny("llama")
     stats = api.collect_statistics(model, sz.SVDLLMConfig(), calib(), progress=False)

