@@ -36,10 +36,18 @@ def capture(model: nn.Module, layers: nn.ModuleList, batches: torch.Tensor):
                 block_args[i] = (rest, kw)
         return hook
 
+    def stop_after(mod, args, output):
+        raise _Stop  # every block's arguments are caught: skip the final norm and the LM head
+
     handles = [layer.register_forward_pre_hook(keep_args(i), with_kwargs=True)
                for i, layer in enumerate(layers)]
+    # the LM head's logits would be the largest tensor of the pass (512 tokens x 262k vocab =
+    # 512 MiB for Gemma-3), and nothing here needs them
+    handles.append(layers[-1].register_forward_hook(stop_after))
     try:
         model(batches[:1].to(device), use_cache=False)
+    except _Stop:
+        pass
     finally:
         for h in handles:
             h.remove()
