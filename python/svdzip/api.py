@@ -13,7 +13,7 @@ from . import allocation, methods, rank
 from .calibration.collector import StatsCollector
 from .calibration.fisher import row_fisher
 from .config import CompressConfig
-from .dtypes import to_storage
+from .dtypes import model_dtype, to_storage
 from .nn import LowRankLinear
 from .pipeline import replay
 from .pipeline.memory import release_freed_memory
@@ -175,7 +175,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     report = Report(config.method, config.to_dict(), model_params_before=_count(model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
                     allocation=allocated, seconds_stats=alloc_stats_s,
-                    dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                    dtype=model_dtype(model),
                     calibration=_calibration_record(calibration, calibration_info))
     blocks = _by_block(targets)
     was_training = model.training

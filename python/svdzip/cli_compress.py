@@ -9,6 +9,7 @@ import time
 import torch
 
 from .config import CONFIGS, method_name
+from .dtypes import model_dtype
 
 METHOD_OPTIONS = {  # CLI flag -> config field, for the methods that have it
     "alpha": "alpha", "stat": "stat", "variant": "variant", "first_fraction": "first_fraction",
@@ -124,7 +125,7 @@ def run_compress(args) -> int:
     bos = data.resolve_bos(tok, _bos(args))
     sets = [s for s in args.eval.split(",") if s]
     result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio,
-              "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+              "dtype": model_dtype(model)}
     print(f"model {args.model}: {result['dtype']}, windows {'start with BOS' if bos else 'without BOS'} "
           f"({'model default' if args.bos == 'auto' else '--bos ' + args.bos})")
     if sets:
@@ -157,7 +158,7 @@ def run_eval(args) -> int:
     res = ev.evaluate(model, tok, [s for s in args.data.split(",") if s], args.seqlen, args.max_windows,
                       bos=_bos(args))
     proto = ev.protocol(tok, args.seqlen, args.max_windows, _bos(args))
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    dtype = model_dtype(model)
     if args.json:
         print(json.dumps({"ppl": res, "protocol": proto, "dtype": dtype}))
     else:

@@ -20,6 +20,16 @@ import torch
 _HEADROOM = 0.5
 
 
+def dtype_name(dtype) -> str:
+    """'bfloat16' for torch.bfloat16 (as config.json and svdzip_config.json write it)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def model_dtype(model) -> str:
+    """The dtype name of a model's (first) parameter."""
+    return dtype_name(next(model.parameters()).dtype)
+
+
 def _limit(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).max) * _HEADROOM
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .dtypes import dtype_name, model_dtype
 from .nn import LowRankLinear
 
 FORMAT_VERSION = 1
@@ -46,7 +47,7 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None) -> P
             tokenizer.save_pretrained(tmp)
         meta = {"format_version": FORMAT_VERSION, "svdzip_version": __import__("svdzip").__version__,
                 "architecture": type(model).__name__, "modules": modules,
-                "dtype": _dtype_name(next(model.parameters()).dtype),
+                "dtype": model_dtype(model),
                 "method_config": report.config if report is not None else None,
                 "report": report.to_dict() if report is not None else None}
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
@@ -57,13 +58,9 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None) -> P
     return out
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _saved_dtype(meta: dict, config, where: Path) -> torch.dtype:
     """The dtype the model was saved in (svdzip_config.json, else config.json, else fp32)."""
-    name = meta.get("dtype") or _dtype_name(getattr(config, "dtype", None) or torch.float32)
+    name = meta.get("dtype") or dtype_name(getattr(config, "dtype", None) or torch.float32)
     dtype = getattr(torch, str(name), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"{where / CONFIG_NAME}: dtype {name!r} is not a torch floating dtype")
