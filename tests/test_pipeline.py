@@ -7,7 +7,7 @@ import svdzip as sz
 from svdzip import api, ops
 from svdzip.config import CONFIGS
 from svdzip.nn import LowRankLinear
-from svdzip.pipeline import replay
+from svdzip.pipeline import loop, replay
 from svdzip.pipeline.walk import decoder_layers
 
 from tiny_models import calib, tiny
@@ -287,6 +287,6 @@ def test_freed_memory_goes_back_to_the_os_after_each_block(monkeypatch):
         pytest.skip("malloc_trim exists only in glibc")
     assert memory.release_freed_memory() is True
     calls = []
-    monkeypatch.setattr(api, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(loop, "release_freed_memory", lambda: calls.append(1))
     sz.compress(tiny("llama"), sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
     assert len(calls) == 3   # once per compressed block

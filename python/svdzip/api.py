@@ -13,12 +13,13 @@ from . import allocation, methods, rank
 from .calibration.collector import StatsCollector
 from .calibration.fisher import row_fisher
 from .config import CompressConfig
-from .dtypes import model_dtype, to_storage
-from .nn import LowRankLinear
-from .pipeline import replay
-from .pipeline.memory import release_freed_memory
+from .dtypes import model_dtype
+from .pipeline import loop, replay
+from .pipeline.decompose import apply_block
+from .pipeline.source import InMemory
+from .pipeline.streams import Streams
 from .pipeline.walk import Target, find_targets
-from .report import ModuleReport, Report
+from .report import Report
 
 
 def _count(model) -> int:
@@ -31,66 +32,6 @@ def _check_weights(targets: list[Target]) -> None:
         if not torch.isfinite(w).all():
             bad = w[~torch.isfinite(w)].flatten()[0].item()
             raise FloatingPointError(f"{t.name}: weight contains {bad}; refusing to compress")
-
-
-def _out_error(W: torch.Tensor, D: torch.Tensor, gram: torch.Tensor | None) -> float | None:
-    """‖D·X‖ / ‖W·X‖ from the Gram, i.e. √(tr(D G Dᵀ) / tr(W G Wᵀ)). A reported figure, so its
-    two m×n×n products run in fp32 (half the time of fp64; ~1e-6 relative error); the sums of
-    their elementwise products are taken in fp64."""
-    if gram is None:
-        return None
-    G = gram.float()
-
-    def energy(M: torch.Tensor) -> torch.Tensor:
-        Mf = M.float()
-        return ((Mf @ G) * Mf).sum(dtype=torch.float64)
-
-    num, den = energy(D), energy(W)
-    return float((num.clamp_min(0) / den).sqrt()) if den > 0 else None
-
-
-def _notes(prepared) -> dict:
-    """What the (first-stage) weighting reports: whitening path, dead channels, ..."""
-    first = prepared[0] if isinstance(prepared, tuple) else prepared
-    return dict(getattr(first, "notes", None) or {})
-
-
-def _apply(targets: list[Target], stats: dict, cfg, method, report: Report) -> None:
-    """Decompose a block's targets with their (shared) prepared statistics, all at once so
-    that same-shaped SVDs share one batched call, and swap them in."""
-    t0 = time.perf_counter()
-    prepared: dict[str, object] = {}
-    jobs = []
-    for t in targets:
-        key = stats.get(t.name, {}).get("leader", t.name)
-        if key not in prepared:
-            prepared[key] = method.prepare(stats.get(t.name, {}), cfg)
-        m, n = t.shape
-        jobs.append((t.module.weight.detach().double(), prepared[key], rank.rank_for_ratio(m, n, t.ratio)))
-    results = method.decompose_many(jobs, cfg)
-    shared_s = (time.perf_counter() - t0) / max(len(targets), 1)  # batched: split evenly
-    for i, t in enumerate(targets):
-        t0 = time.perf_counter()
-        (W, prep, k), (A, B) = jobs[i], results[i]
-        jobs[i] = results[i] = None  # let this module's fp64 copies go once it is swapped in
-        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
-            raise FloatingPointError(f"{t.name}: {cfg.method} produced non-finite factors at rank {k}")
-        AB = A @ B
-        dtype = t.module.weight.dtype
-        A, B, balanced = to_storage(A, B, dtype, t.name, float(AB.abs().max()))
-        if torch.finfo(dtype).eps > 1e-4:  # bf16 / fp16: report the error of the stored factors
-            AB = A.to(dtype).double() @ B.to(dtype).double()
-        D = AB.sub_(W).neg_()  # W - A·B, in place of the product (one m x n fp64 buffer)
-        m, n = t.shape
-        bias = 0 if t.module.bias is None else m
-        new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=dtype)
-        setattr(t.parent, t.attr, new)
-        t.module = None  # the target list outlives this call: let the dense weight go now
-        report.modules.append(ModuleReport(
-            t.name, (m, n), k, m * n + bias, rank.lowrank_params(m, n, k) + bias,
-            float(D.norm() / W.norm()), _out_error(W, D, stats.get(t.name, {}).get("gram")),
-            {**_notes(prep), **({"balanced_split": True} if balanced else {})},
-            shared_s + time.perf_counter() - t0))
 
 
 def _check_stats(stats: dict, targets: list[Target], kinds) -> None:
@@ -143,10 +84,11 @@ def _one_shot(model, targets, calibration, kinds, progress, gram_products) -> di
 
 def compress(model, config: CompressConfig, calibration: torch.Tensor | None = None,
              progress: bool = True, stats: dict | None = None,
-             calibration_info: dict | None = None) -> Report:
+             calibration_info: dict | None = None, batch_size: int = 1) -> Report:
     """Compress `model` in place with `config`; `calibration` is (N, seqlen) token ids.
     `stats` (from collect_statistics on this same dense model) skips one-shot collection.
-    `calibration_info` (e.g. {"source": "wiki", "bos": True}) is recorded in the report."""
+    `calibration_info` (e.g. {"source": "wiki", "bos": True}) is recorded in the report.
+    `batch_size` windows go through each block at once (same statistics: they are sums)."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
@@ -184,8 +126,8 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
         if kinds and (config.sequential or (stats is None and "fisher" not in kinds)):
             # one-shot statistics are streamed block by block too: same numbers, but only one
             # block's Grams are alive at a time instead of every block's
-            _blockwise(model, layers, blocks, calibration, kinds, config, method, report, progress,
-                       dense_inputs=not config.sequential)
+            _blockwise(model, blocks, calibration, kinds, config, method, report, progress,
+                       dense_inputs=not config.sequential, batch_size=batch_size)
         else:
             t0 = time.perf_counter()
             if stats is None:
@@ -195,7 +137,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
             report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
             for i in tqdm(sorted(blocks), desc=f"{config.method} blocks", disable=not progress):
-                _apply(blocks[i], stats, config, method, report)
+                apply_block(blocks[i], stats, config, method, report)
             report.seconds_decompose = time.perf_counter() - t0
     finally:
         model.train(was_training)
@@ -233,39 +175,12 @@ def _allocate_by_sensitivity(model, layers, targets, stats, config, method, cali
     return new, info
 
 
-def _blockwise(model, layers, blocks, calibration, kinds, config, method, report, progress, dense_inputs):
-    """Block by block on cached hidden states: collect block i's statistics, decompose it, move on.
-
-    dense_inputs=True (one-shot): block i sees the outputs of the dense blocks before it, so the
-    outputs of its statistics pass (run before it is compressed) feed block i+1 directly: one
-    forward's work in all, and only one block's statistics alive at a time.
-    dense_inputs=False (sequential): block i sees the already-compressed blocks before it (each
-    block is rerun after compression), so its compression corrects for earlier errors."""
+def _blockwise(model, blocks, calibration, kinds, config, method, report, progress, dense_inputs,
+               batch_size: int = 1):
+    """Block by block on cached hidden states (pipeline/loop.py), the model in memory."""
+    source = InMemory(model)
     t0 = time.perf_counter()
-    hidden, block_args = replay.capture(model, layers, calibration)
+    hidden, block_args = replay.capture(model, source.layers, calibration, batch_size=batch_size)
     report.seconds_stats += time.perf_counter() - t0
-    last = max(blocks)
-    desc = f"{config.method} {'one-shot' if dense_inputs else 'sequential'}"
-    for i in tqdm(range(last + 1), desc=desc, disable=not progress):
-        out = None
-        if i in blocks:
-            t0 = time.perf_counter()
-            with StatsCollector({t.name: t.module for t in blocks[i]}, kinds,
-                                gram_products=config.gram_products) as col:
-                out = []
-                for h in hidden:
-                    col.new_pass()
-                    out += replay.run_block(layers[i], [h], block_args[i])
-                stats = col.finalize()
-            report.seconds_stats += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _apply(blocks[i], stats, config, method, report)
-            del stats
-            release_freed_memory()
-            report.seconds_decompose += time.perf_counter() - t0
-        if i < last:
-            t0 = time.perf_counter()
-            if out is None or not dense_inputs:
-                out = replay.run_block(layers[i], hidden, block_args[i])
-            hidden = out
-            report.seconds_stats += time.perf_counter() - t0
+    job = loop.Job(config, method, kinds, report, dense_inputs, progress)
+    loop.run(source, blocks, Streams(hidden, block_args, batch_size), job)

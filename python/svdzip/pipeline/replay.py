@@ -7,6 +7,8 @@ with equal-length unpadded windows they do not depend on the sample.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -22,49 +24,70 @@ def _split(args: tuple, kwargs: dict):
     return kwargs.pop("hidden_states"), (), kwargs
 
 
-@torch.no_grad()
-def capture(model: nn.Module, layers: nn.ModuleList, batches: torch.Tensor):
-    """(hidden states entering block 0 per window, [(args, kwargs)] for each block)."""
-    device = next(model.parameters()).device
-    block_args: list = [None] * len(layers)
-    hidden: list[torch.Tensor] = []
+@contextlib.contextmanager
+def _identity_blocks(layers: nn.ModuleList):
+    """Every block passes its hidden states through unchanged (an instance `forward`): the
+    model's own forward still computes what it hands each block (masks, rotary embeddings)
+    without running, or even having, the blocks' weights (meta tensors when offloaded)."""
+    own = [layer.__dict__.get("forward") for layer in layers]
+    try:
+        for layer in layers:
+            layer.forward = lambda *args, **kwargs: _split(args, kwargs)[0]
+        yield
+    finally:
+        for layer, fwd in zip(layers, own):
+            if fwd is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = fwd
 
-    def keep_args(i):
-        def hook(mod, args, kwargs):
-            if block_args[i] is None:
-                _, rest, kw = _split(args, kwargs)
-                block_args[i] = (rest, kw)
-        return hook
+
+def _run_until_last_block(model, layers, ids: torch.Tensor, hooks) -> None:
+    handles = [layer.register_forward_pre_hook(h, with_kwargs=True) for layer, h in zip(layers, hooks) if h]
 
     def stop_after(mod, args, output):
-        raise _Stop  # every block's arguments are caught: skip the final norm and the LM head
+        raise _Stop  # skip the final norm and the LM head: their logits are the pass's largest tensor
 
-    handles = [layer.register_forward_pre_hook(keep_args(i), with_kwargs=True)
-               for i, layer in enumerate(layers)]
-    # the LM head's logits would be the largest tensor of the pass (512 tokens x 262k vocab =
-    # 512 MiB for Gemma-3), and nothing here needs them
     handles.append(layers[-1].register_forward_hook(stop_after))
     try:
-        model(batches[:1].to(device), use_cache=False)
+        with _identity_blocks(layers):
+            model(ids, use_cache=False)
     except _Stop:
         pass
     finally:
         for h in handles:
             h.remove()
 
-    def stop(mod, args, kwargs):
-        hidden.append(_split(args, kwargs)[0])
-        raise _Stop
 
-    h = layers[0].register_forward_pre_hook(stop, with_kwargs=True)
-    try:
-        for row in batches:
-            try:
-                model(row.unsqueeze(0).to(device), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        h.remove()
+@torch.no_grad()
+def capture(model: nn.Module, layers: nn.ModuleList, batches: torch.Tensor, store=None,
+            batch_size: int = 1, hidden_states: bool = True):
+    """(hidden states entering block 0 per window, [(args, kwargs)] for each block).
+
+    The arguments are caught from one single-window pass (with equal-length unpadded windows
+    they do not depend on the sample, and batch-1 masks and rotary tables broadcast over a
+    batch); the hidden states from passes of `batch_size` windows, kept on `store` (default:
+    the model's device), one (1, seqlen, d) tensor per window."""
+    device = model.get_input_embeddings().weight.device
+    block_args: list = [None] * len(layers)
+
+    def keep_args(i):
+        def hook(mod, args, kwargs):
+            _, rest, kw = _split(args, kwargs)
+            block_args[i] = (rest, kw)
+        return hook
+
+    _run_until_last_block(model, layers, batches[:1].to(device), [keep_args(i) for i in range(len(layers))])
+    hidden: list[torch.Tensor] = []
+    if not hidden_states:
+        return hidden, block_args
+
+    def keep_input(mod, args, kwargs):
+        h = _split(args, kwargs)[0]
+        hidden.extend(row.unsqueeze(0).to(store or h.device) for row in h)
+
+    for start in range(0, batches.shape[0], batch_size):
+        _run_until_last_block(model, layers[:1], batches[start:start + batch_size].to(device), [keep_input])
     return hidden, block_args
 
 

@@ -1,0 +1,78 @@
+"""The block loop: the one place blocks are visited, whatever the weights' source or the
+results' destination (see ../shared/docs/design.md).
+
+    for i in blocks:
+        block = source.onload(i)            in memory | read from the checkpoint's shards
+        stats = collect(block, streams)     hooks on this block only
+        decompose + swap                    methods/, batched by shape
+        streams advance                     dense (one-shot) or compressed (sequential) outputs
+        sink.write(i, block)                nothing | shards + resume state
+        source.offload(i)
+
+One-shot (dense_inputs=True): block i sees the dense blocks' outputs, so the outputs of its
+statistics pass (run before it is compressed) feed block i+1: one forward in all.
+Sequential: block i is rerun after compression, so later blocks correct for earlier errors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..calibration.collector import StatsCollector
+from ..report import Report
+from .decompose import apply_block
+from .layout import block_tensors
+from .memory import release_freed_memory
+from .streams import Streams
+
+
+@dataclass
+class Job:
+    config: object
+    method: object
+    kinds: frozenset
+    report: Report
+    dense_inputs: bool
+    progress: bool = True
+
+
+@torch.no_grad()
+def _collect(layer, targets, streams: Streams, i: int, device, job: Job):
+    with StatsCollector({t.name: t.module for t in targets}, job.kinds,
+                        gram_products=job.config.gram_products) as col:
+        out = streams.run(layer, i, device, on_batch=col.new_pass)
+        return out, col.finalize()
+
+
+def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0) -> None:
+    """Visit blocks start.. in order; `blocks` = {index: [Target]} to compress."""
+    last = max(blocks)
+    end = len(source.layers) if sink is not None else last + 1  # a sink needs every block written
+    desc = f"{job.config.method} {'one-shot' if job.dense_inputs else 'sequential'}"
+    for i in tqdm(range(start, end), desc=desc, disable=not job.progress, initial=start, total=end):
+        layer = source.onload(i)
+        out = None
+        if i in blocks:
+            t0 = time.perf_counter()
+            out, stats = _collect(layer, blocks[i], streams, i, source.device, job)
+            job.report.seconds_stats += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            apply_block(blocks[i], stats, job.config, job.method, job.report)
+            del stats
+            release_freed_memory()
+            job.report.seconds_decompose += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if i < last:
+            if out is None or not job.dense_inputs:
+                out = streams.run(layer, i, source.device)
+            streams.hidden = out
+        else:
+            streams.hidden = []  # no block after this one is compressed: nothing needs them
+        job.report.seconds_stats += time.perf_counter() - t0
+        if sink is not None:
+            sink.write(i, block_tensors(layer, source.prefixes[i]), streams.hidden, job.report.modules)
+        source.offload(i)

@@ -1,0 +1,112 @@
+"""Where finished blocks go when compressing out of core: sharded safetensors in OUT.partial/,
+plus the state needed to resume, then OUT/ appears atomically at the end.
+
+After block i is written (and fsynced), `.resume/progress.json` is replaced atomically with:
+the run's fingerprint (checkpoint, method config, calibration tokens, options), the next block,
+the file holding the hidden states entering it, and the finished modules' reports. A killed run
+(SIGKILL, OOM, power loss) therefore always finds a consistent state; rerunning the same command
+continues from the next block, and refuses, naming what differs, when the run is not the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..report import ModuleReport
+from .shards import Entry, Plan, ShardWriter, replace_dir
+
+STATE = ".resume"
+PROGRESS = "progress.json"
+
+
+class ResumeMismatch(ValueError):
+    pass
+
+
+class ShardSink:
+    """Group 0 of `plan` is everything outside the blocks; group i + 1 is block i."""
+
+    every_block = True
+
+    def __init__(self, out, plan: Plan, fingerprint: dict) -> None:
+        self.out = Path(out)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.state = self.partial / STATE
+        self.plan, self.fingerprint = plan, fingerprint
+        self.start, self.modules, self._hidden_file = 0, [], None
+        progress = self._read_progress()
+        if progress is not None:
+            self._check_same_run(progress["fingerprint"])
+            self.start = int(progress["next_block"])
+            self.modules = [ModuleReport(**{**m, "shape": tuple(m["shape"])}) for m in progress["modules"]]
+            self._hidden_file = progress["hidden"]
+        elif self.partial.exists():
+            shutil.rmtree(self.partial)  # a start that never finished a block: nothing to keep
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.writer = ShardWriter(self.partial, plan, resume=self.start > 0)
+
+    def _read_progress(self) -> dict | None:
+        f = self.state / PROGRESS
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            raise ResumeMismatch(f"{f} is damaged ({exc}); delete {self.partial} to start over") from exc
+
+    def _check_same_run(self, saved: dict) -> None:
+        differ = [k for k in sorted(set(saved) | set(self.fingerprint)) if saved.get(k) != self.fingerprint.get(k)]
+        if differ:
+            raise ResumeMismatch(
+                f"{self.partial} holds an interrupted run with a different {', '.join(differ)}; "
+                f"rerun the same command to resume it, or delete {self.partial} to start over")
+
+    def resumed_hidden(self) -> list[torch.Tensor] | None:
+        """The hidden states entering block `start` saved by the interrupted run (None if new)."""
+        if self.start == 0:
+            return None
+        from safetensors import safe_open
+
+        f = self.state / self._hidden_file
+        with safe_open(str(f), framework="pt", device="cpu") as fh:
+            return [fh.get_tensor(str(j)) for j in range(len(fh.keys()))]
+
+    def write_resident(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.start == 0:
+            self.writer.write(0, tensors)
+
+    def write(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor], modules) -> None:
+        """Block i's output tensors, then the state that lets a new process continue at i + 1."""
+        self.writer.write(i + 1, tensors)
+        name = f"hidden-{i + 1:05d}"
+        if hidden:
+            entries = [Entry(str(j), h.dtype, tuple(h.shape)) for j, h in enumerate(hidden)]
+            ShardWriter(self.state, Plan([entries], shard_size=1 << 62, stem=name)).write(
+                0, {str(j): h for j, h in enumerate(hidden)})
+        progress = {"fingerprint": self.fingerprint, "next_block": i + 1,
+                    "hidden": f"{name}.safetensors" if hidden else None,
+                    "modules": [dataclasses.asdict(m) for m in modules]}
+        tmp = self.state / f".{PROGRESS}.tmp"
+        with tmp.open("w") as fh:
+            json.dump(progress, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(self.state / PROGRESS)
+        for old in self.state.glob("hidden-*.safetensors"):
+            if old.name != progress["hidden"]:
+                old.unlink()
+
+    def finish(self, write_extras) -> Path:
+        """Index, then `write_extras(dir)` (config, tokenizer, svdzip_config.json), then the
+        resume state goes and OUT.partial becomes OUT (an existing OUT is replaced only now)."""
+        self.writer.write_index()
+        write_extras(self.partial)
+        shutil.rmtree(self.state)
+        replace_dir(self.partial, self.out)
+        return self.out

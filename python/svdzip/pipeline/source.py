@@ -1,0 +1,216 @@
+"""Where a decoder block's weights come from when its turn comes.
+
+InMemory: the model is already loaded; onload and offload do nothing.
+Offloaded: the model is built on the meta device (parameters only: buffers such as rotary
+frequencies are computed on the CPU as usual); embeddings, final norm and LM head are read
+from the checkpoint at once, each block's tensors only in `onload(i)`, and `offload(i)` turns
+the block back into meta tensors, so one block's weights are alive at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import Checkpoint
+from .walk import decoder_layers
+
+
+def input_device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def block_prefixes(model: nn.Module, layers: nn.ModuleList) -> list[str]:
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names[id(layer)] + "." for layer in layers]
+
+
+class InMemory:
+    """The whole model is in memory on its device; hidden states stay there too."""
+
+    offloaded = False
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.layers = decoder_layers(model)
+        self.prefixes = block_prefixes(model, self.layers)
+        self.device = input_device(model)
+        self.store = self.device
+
+    def onload(self, i: int) -> nn.Module:
+        return self.layers[i]
+
+    def offload(self, i: int) -> None:
+        pass
+
+
+def empty_model(path, dtype: torch.dtype | None = None) -> nn.Module:
+    """The architecture of checkpoint `path` with meta parameters (real buffers), in `dtype`
+    (default: the checkpoint's own, fp32 when it does not say)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    dtype = dtype or getattr(config, "dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def materialize(module: nn.Module, prefix: str, ckpt: Checkpoint, device, dtype, skip=()) -> None:
+    """Replace `module`'s meta parameters (and the checkpoint's persistent buffers) with the
+    tensors `prefix + name` read from `ckpt`, cast to `dtype`, on `device`; names starting with
+    one of `skip` are left alone. A parameter shared by two names (tied embeddings) is read
+    once, under whichever name the checkpoint has."""
+    def mine(name):
+        return not any(name.startswith(s) for s in skip)
+
+    params = [(n, p) for n, p in module.named_parameters(remove_duplicate=False) if mine(prefix + n)]
+    loaded: dict[int, nn.Parameter] = {}
+    for name, p in sorted(params, key=lambda np: prefix + np[0] not in ckpt):
+        if id(p) not in loaded:
+            t = ckpt.read(prefix + name, p.shape, dtype if p.is_floating_point() else None, device)
+            loaded[id(p)] = nn.Parameter(t, requires_grad=False)
+        _set(module, name, loaded[id(p)], "_parameters")
+    for name, b in list(module.named_buffers(remove_duplicate=False)):
+        if not mine(prefix + name):
+            continue
+        if prefix + name in ckpt:
+            b = ckpt.read(prefix + name, b.shape, b.dtype, device)
+        _set(module, name, b.to(device), "_buffers")
+
+
+def _set(module: nn.Module, name: str, value, kind: str) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    getattr(owner, kind)[attr] = value
+
+
+class Offloaded:
+    """Blocks read from checkpoint `path` one at a time onto `device`; hidden states kept on
+    the CPU (`store`) in the model dtype between blocks."""
+
+    offloaded = True
+
+    def __init__(self, path, device="cpu", dtype: torch.dtype | None = None) -> None:
+        self.path = Path(path)
+        self.ckpt = Checkpoint(self.path)
+        self.model = empty_model(self.path, dtype)
+        self.dtype = next(self.model.parameters()).dtype
+        self.device = torch.device(device)
+        self.store = torch.device("cpu")
+        self.layers = decoder_layers(self.model)
+        self.prefixes = block_prefixes(self.model, self.layers)
+        self._resident()
+
+    def _resident(self) -> None:
+        """Everything outside the decoder blocks (embeddings, final norm, LM head, rotary)."""
+        materialize(self.model, "", self.ckpt, self.device, self.dtype, skip=tuple(self.prefixes))
+
+    def onload(self, i: int) -> nn.Module:
+        return self.layers[i]
+
+    def offload(self, i: int) -> None:
+        pass
+
+
+def empty_model(path, dtype: torch.dtype | None = None) -> nn.Module:
+    """The architecture of checkpoint `path` with meta parameters (real buffers), in `dtype`
+    (default: the checkpoint's own, fp32 when it does not say)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    dtype = dtype or getattr(config, "dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def materialize(module: nn.Module, prefix: str, ckpt: Checkpoint, device, dtype, skip=()) -> None:
+    """Replace `module`'s meta parameters (and the checkpoint's persistent buffers) with the
+    tensors `prefix + name` read from `ckpt`, cast to `dtype`, on `device`; names starting with
+    one of `skip` are left alone. A parameter shared by two names (tied embeddings) is read
+    once, under whichever name the checkpoint has."""
+    def mine(name):
+        return not any(name.startswith(s) for s in skip)
+
+    params = [(n, p) for n, p in module.named_parameters(remove_duplicate=False) if mine(prefix + n)]
+    loaded: dict[int, nn.Parameter] = {}
+    for name, p in sorted(params, key=lambda np: prefix + np[0] not in ckpt):
+        if id(p) not in loaded:
+            t = ckpt.read(prefix + name, p.shape, dtype if p.is_floating_point() else None, device)
+            loaded[id(p)] = nn.Parameter(t, requires_grad=False)
+        _set(module, name, loaded[id(p)], "_parameters")
+    for name, b in list(module.named_buffers(remove_duplicate=False)):
+        if not mine(prefix + name):
+            continue
+        if prefix + name in ckpt:
+            b = ckpt.read(prefix + name, b.shape, b.dtype, device)
+        _set(module, name, b.to(device), "_buffers")
+
+
+def _set(module: nn.Module, name: str, value, kind: str) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    getattr(owner, kind)[attr] = value
+
+
+class Offloaded:
+    """Blocks read from checkpoint `path` one at a time onto `device`; hidden states kept on
+    the CPU (`store`) in the model dtype between blocks."""
+
+    offloaded = True
+
+    def __init__(self, path, device="cpu", dtype: torch.dtype | None = None) -> None:
+        self.path = Path(path)
+        self.ckpt = Checkpoint(self.path)
+        self.model = empty_model(self.path, dtype)
+        self.dtype = next(self.model.parameters()).dtype
+        self.device = torch.device(device)
+        self.store = torch.device("cpu")
+        self.layers = decoder_layers(self.model)
+        self.prefixes = block_prefixes(self.model, self.layers)
+        self._resident()
+
+    def _resident(self) -> None:
+        """Everything outside the decoder blocks (embeddings, final norm, LM head, rotary)."""
+        blocks = {id(layer) for layer in self.layers}
+        for name, child in self.model.named_children():
+            self._resident_of(child, name + ".", blocks)
+
+    def _resident_of(self, module: nn.Module, prefix: str, blocks: set) -> None:
+        if isinstance(module, nn.ModuleList) and any(id(m) in blocks for m in module):
+            return
+        if any(id(m) in blocks for m in module.modules()):
+            for name, child in module.named_children():
+                self._resident_of(child, prefix + name + ".", blocks)
+            for name, p in list(module.named_parameters(recurse=False)):
+                module._parameters[name] = nn.Parameter(
+                    self.ckpt.read(prefix + name, p.shape, self.dtype, self.device), requires_grad=False)
+            for name, b in list(module.named_buffers(recurse=False)):
+                module._buffers[name] = b.to(self.device)
+            return
+        materialize(module, prefix, self.ckpt, self.device, self.dtype)
+        self._tie()
+
+    def _tie(self) -> None:
+        """Tied LM head: the checkpoint stores the embedding once; point the head at it."""
+        head, emb = self.model.get_output_embeddings(), self.model.get_input_embeddings()
+        if head is not None and head.weight.is_meta and getattr(self.model.config, "tie_word_embeddings", False) \
+                and not emb.weight.is_meta:
+            head.weight = emb.weight
+
+    def onload(self, i: int) -> nn.Module:
+        layer = self.layers[i]
+        materialize(layer, self.prefixes[i], self.ckpt, self.device, self.dtype)
+        return layer
+
+    def offload(self, i: int) -> None:
+        self.layers[i].to("meta")
