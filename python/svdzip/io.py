@@ -5,7 +5,6 @@ No pickle, no remote code; saves are atomic (written to a temporary directory, t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,10 +14,14 @@ from torch import nn
 
 from .dtypes import dtype_name, model_dtype
 from .nn import LowRankLinear
+from .pipeline.checkpoint import Checkpoint
+from .pipeline.layout import block_tensors, resident_tensors
+from .pipeline.shards import DEFAULT_SHARD_SIZE, Plan, ShardWriter, group_entries, replace_dir
+from .pipeline.source import block_prefixes, empty_model, materialize
+from .pipeline.walk import decoder_layers
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "svdzip_config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def _rank_map(model: nn.Module) -> dict[str, dict]:
@@ -27,10 +30,10 @@ def _rank_map(model: nn.Module) -> dict[str, dict]:
             for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
 
-def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None) -> Path:
-    """Write the compressed model to out_dir (replacing it atomically if it exists)."""
-    from safetensors.torch import save_model
-
+def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None,
+                    shard_size: int = DEFAULT_SHARD_SIZE) -> Path:
+    """Write the compressed model to out_dir (replacing it atomically if it exists): one
+    model.safetensors, or shards of at most `shard_size` bytes (whole blocks) with an index."""
     out = Path(out_dir)
     modules = _rank_map(model)
     if not modules:
@@ -38,24 +41,34 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None) -> P
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise FloatingPointError(f"refusing to save: parameter {name} has non-finite values")
+    layers = decoder_layers(model)
+    prefixes = block_prefixes(model, layers)
+    resident, tied = resident_tensors(model, prefixes)
+    groups = [resident] + [block_tensors(layer, p) for layer, p in zip(layers, prefixes)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        writer = ShardWriter(tmp, Plan([group_entries(g) for g in groups], shard_size))
+        for i, g in enumerate(groups):
+            writer.write(i, g)
+        writer.write_index()
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        meta = {"format_version": FORMAT_VERSION, "svdzip_version": __import__("svdzip").__version__,
-                "architecture": type(model).__name__, "modules": modules,
-                "dtype": model_dtype(model),
-                "method_config": report.config if report is not None else None,
-                "report": report.to_dict() if report is not None else None}
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
-        _replace_dir(tmp, out)
+        write_meta(tmp, type(model).__name__, modules, model_dtype(model), tied, report)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def write_meta(directory: Path, architecture: str, modules: dict, dtype: str, tied: dict, report) -> None:
+    meta = {"format_version": FORMAT_VERSION, "svdzip_version": __import__("svdzip").__version__,
+            "architecture": architecture, "modules": modules, "dtype": dtype, "tied": tied,
+            "method_config": report.config if report is not None else None,
+            "report": report.to_dict() if report is not None else None}
+    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
 
 
 def _saved_dtype(meta: dict, config, where: Path) -> torch.dtype:
@@ -65,17 +78,6 @@ def _saved_dtype(meta: dict, config, where: Path) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"{where / CONFIG_NAME}: dtype {name!r} is not a torch floating dtype")
     return dtype
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Swap `new` into `dest`; an existing dest is kept until the new one is in place."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        dest.rename(old)
-    new.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_meta(path: Path) -> dict:
@@ -98,19 +100,17 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def load_compressed(path, dtype: torch.dtype | None = None) -> nn.Module:
-    """Rebuild the architecture from its config, swap in LowRankLinear per the rank map,
-    and load the weights strictly (every tensor present, shaped right, finite).
-    dtype None keeps the dtype the model was saved in."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_compressed(path, dtype: torch.dtype | None = None, device="cpu") -> nn.Module:
+    """Build the architecture on the meta device, put LowRankLinear where the rank map says,
+    and read every tensor straight into place on `device` (never allocating the dense model):
+    every tensor present, shaped right, finite. dtype None keeps the dtype it was saved in."""
+    from transformers import AutoConfig
 
     path = Path(path)
     meta = _read_meta(path)
     config = AutoConfig.from_pretrained(path)
     dtype = dtype or _saved_dtype(meta, config, path)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = empty_model(path, dtype)
     named = dict(model.named_modules())
     for name, spec in meta["modules"].items():
         parent_name, _, attr = name.rpartition(".")
@@ -118,17 +118,15 @@ def load_compressed(path, dtype: torch.dtype | None = None) -> nn.Module:
         if parent is None or not isinstance(getattr(parent, attr, None), nn.Linear):
             raise ValueError(f"{path / CONFIG_NAME}: module {name} is not a Linear in {type(model).__name__}")
         setattr(parent, attr, LowRankLinear(spec["in_features"], spec["out_features"], spec["rank"],
-                                            spec["bias"], dtype=dtype))
-    weights = path / WEIGHTS_NAME
-    try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{weights} could not be read (corrupt or truncated?): {exc}") from exc
+                                            spec["bias"], device="meta", dtype=dtype))
+    ckpt = Checkpoint(path)
+    state = model.state_dict(keep_vars=True)
+    stored = {id(t) for n, t in state.items() if n in ckpt}   # tied tensors: one name suffices
+    unexpected = sorted(set(ckpt.files) - set(state))
+    missing = sorted(n for n, t in state.items() if id(t) not in stored)
     if missing or unexpected:
-        raise ValueError(f"{weights} does not match the rank map: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ValueError(f"{weights}: tensor {name} has non-finite values")
+        raise ValueError(f"{path}: weights do not match the rank map: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    materialize(model, "", ckpt, torch.device(device), dtype)
     model.eval()
     return model

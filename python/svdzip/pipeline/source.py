@@ -58,6 +58,7 @@ def empty_model(path, dtype: torch.dtype | None = None) -> nn.Module:
         dtype = getattr(torch, dtype)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # inside the context each assignment made a new meta Parameter: tie again
     return model.eval()
 
 
@@ -130,6 +131,7 @@ def empty_model(path, dtype: torch.dtype | None = None) -> nn.Module:
         dtype = getattr(torch, dtype)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # inside the context each assignment made a new meta Parameter: tie again
     return model.eval()
 
 
