@@ -79,6 +79,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
                           f"{budget.gib(max_memory)}; refusing to start (lower --n-samples or "
                           f"--batch-size, or allow more memory)")
     resident, tied = resident_tensors(source.model, source.prefixes)
+    rank_map = planned_rank_map(targets)  # before the loop: it lets go of the dense modules
     plan = Plan([group_entries(resident)] + [planned_block(layer, source.prefixes[i], blocks.get(i, []))
                                              for i, layer in enumerate(source.layers)], shard_size)
     options = {"dtype": dtype_name(source.dtype), "batch_size": batch_size, "device": source.device.type,
@@ -108,7 +109,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
         source.model.config.save_pretrained(directory)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
-        write_meta(directory, type(source.model).__name__, planned_rank_map(targets),
+        write_meta(directory, type(source.model).__name__, rank_map,
                    dtype_name(source.dtype), tied, report)
 
     sink.finish(extras)

@@ -71,6 +71,8 @@ class ShardSink:
         """The hidden states entering block `start` saved by the interrupted run (None if new)."""
         if self.start == 0:
             return None
+        if self._hidden_file is None:
+            return []  # stopped after the last compressed block: no forward is left to run
         from safetensors import safe_open
 
         f = self.state / self._hidden_file
