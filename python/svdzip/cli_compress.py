@@ -56,8 +56,36 @@ def add_compress(sub) -> None:
     p.add_argument("--json", default=None, help="also write the report and ppl to this JSON file")
     p.add_argument("--per-module", action="store_true", help="print the per-module table")
     p.add_argument("--device", default="cpu", help="where to compress and evaluate: cpu, cuda, cuda:1")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="calibration windows per block forward (same statistics: they are sums)")
+    p.add_argument("--offload", action="store_true",
+                   help="out of core: read one decoder block at a time from the checkpoint, write "
+                        "shards as blocks finish; an interrupted run resumes from OUT.partial/")
+    p.add_argument("--shard-size", type=parse_size, default="5GB",
+                   help="largest output shard, e.g. 5GB, 500MB (whole blocks per shard)")
+    p.add_argument("--max-memory", type=parse_size, default=None,
+                   help="with --offload: refuse to start when the expected peak exceeds this (e.g. 24GiB)")
     _add_model_options(p)
     p.set_defaults(func=run_compress)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5e9, '24GiB' -> 24 * 2**30, '1000' -> 1000 bytes."""
+    t = str(text).strip().upper().replace(" ", "")
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1
+    if unit not in _UNITS or value <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be a positive number with an optional "
+                                         f"unit (B, KB, MB, GB, KiB, MiB, GiB)")
+    return int(value * _UNITS[unit])
 
 
 def _add_model_options(p) -> None:
@@ -118,6 +146,8 @@ def run_compress(args) -> int:
 
     torch.manual_seed(0)
     cfg = make_config(args)
+    if args.offload:
+        return _run_offloaded(args, cfg)
     t0 = time.perf_counter()
     device = _device(args.device)
     model, tok = models.load(args.model, dtype=args.dtype)
@@ -134,15 +164,55 @@ def run_compress(args) -> int:
         print("dense ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in result["dense_ppl"].items()))
     calib = data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples,
                                      args.seqlen, bos=bos)
-    report = api.compress(model, cfg, calib, calibration_info={"source": args.calib, "bos": bos})
+    report = api.compress(model, cfg, calib, calibration_info={"source": args.calib, "bos": bos},
+                          batch_size=args.batch_size)
     print(report.summary(per_module=args.per_module))
-    out = io.save_compressed(model, args.out, tokenizer=tok, report=report)
+    out = io.save_compressed(model, args.out, tokenizer=tok, report=report, shard_size=args.shard_size)
     if sets:
         result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
         print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
               ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
     result.update(report=report.to_dict(), seconds=time.perf_counter() - t0, saved_to=str(out))
     print(f"saved to {out} ({time.perf_counter() - t0:.0f} s in all)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+def _run_offloaded(args, cfg) -> int:
+    """--offload: the dense model is never loaded; --eval scores only the compressed output."""
+    from transformers import AutoTokenizer
+
+    from . import data, eval as ev, io, models
+    from .offload import compress_checkpoint
+
+    t0 = time.perf_counter()
+    device = _device(args.device)
+    path = models.resolve(args.model)
+    tok = AutoTokenizer.from_pretrained(path)
+    bos = data.resolve_bos(tok, _bos(args))
+    calib = data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples,
+                                     args.seqlen, bos=bos)
+    try:
+        report = compress_checkpoint(path, args.out, cfg, calib, device=device,
+                                     dtype=models.parse_dtype(args.dtype), batch_size=args.batch_size,
+                                     shard_size=args.shard_size, max_memory=args.max_memory, tokenizer=tok,
+                                     calibration_info={"source": args.calib, "bos": bos})
+    except (MemoryError, NotImplementedError, ValueError) as exc:
+        raise SystemExit(f"svdzip compress --offload: {exc}") from exc
+    print(report.summary(per_module=args.per_module))
+    result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio, "dtype": report.dtype,
+              "offload": True, "report": report.to_dict(), "saved_to": str(args.out)}
+    sets = [s for s in args.eval.split(",") if s]
+    if sets:
+        model = io.load_compressed(args.out, device=device)
+        result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, _bos(args))
+        result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
+        print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
+              ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
+    result["seconds"] = time.perf_counter() - t0
+    print(f"saved to {args.out} ({result['seconds']:.0f} s in all)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

@@ -5,11 +5,12 @@
     streams      calibration hidden states, inputs and outputs of one block (N x seqlen x d, x2)
     statistics   one Gram per target input of the largest block, fp64 (an upper bound: inputs
                  that q/k/v or gate/up share are counted once each here), plus fp32 scratch
-    decompose    fp64 copies of the block's weights for the batched SVDs, plus two m x n fp64
-                 buffers of the largest (product, residual)
+    decompose    whitening of the widest input, the largest batched SVD, two m x n buffers
+                 (see _decompose_bytes; fitted to measured block peaks)
     activations  one batch through one block: the MLP's widest intermediate x4 and the fp32
                  attention scores (eager attention; SDPA needs less)
-    runtime      Python + torch + transformers, measured: ~0.45 GiB RSS after import here
+    runtime      Python + torch + transformers + tokenizer + calibration tokens (~0.36 GiB
+                 RssAnon here) and building the meta model (~0.12 GiB)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 
 import torch
 
-RUNTIME = int(0.45 * 2**30)
+RUNTIME = int(0.5 * 2**30)
 
 
 def gib(n: int) -> str:
@@ -44,13 +45,26 @@ def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_pro
     for targets in blocks.values():
         gram = 8 + (12 if gram_products == "fp32" else 0) if "gram" in kinds else 0
         stats = max(stats, sum(gram * t.shape[1] ** 2 + 16 * t.shape[1] for t in targets))
-        dec = max(dec, sum(8 * math.prod(t.shape) for t in targets) + 16 * max(math.prod(t.shape) for t in targets))
+        dec = max(dec, _decompose_bytes(targets, "gram" in kinds))
     b = min(batch_size, n_windows)
     acts = b * seqlen * wide * item * 4 + b * heads * seqlen * seqlen * 4
     parts = {"resident": resident, "blocks": 2 * block, "streams": 2 * n_windows * seqlen * d * item,
              "statistics": stats, "decompose": dec, "activations": acts, "runtime": RUNTIME}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def _decompose_bytes(targets, whitened: bool) -> int:
+    """Fitted to the measured peaks of SmolLM2's and Qwen2.5-0.5B's blocks (bench_offload):
+    the whitening of the widest input (factor, its copy and the triangular solve's: 3 n x n
+    fp64), the largest same-shape group's batched SVD (stack, U, workspace: 3 x its fp64
+    size), and two m x n fp64 buffers (product and residual) of the largest target."""
+    groups: dict = {}
+    for t in targets:
+        groups[t.shape] = groups.get(t.shape, 0) + 1
+    widest = max(t.shape[1] for t in targets)
+    svd = max(3 * 8 * c * math.prod(shape) for shape, c in groups.items())
+    return (24 * widest ** 2 if whitened else 0) + svd + 16 * max(math.prod(t.shape) for t in targets)
 
 
 def describe(parts: dict, device) -> str:

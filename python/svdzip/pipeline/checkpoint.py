@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..dtypes import all_finite
+
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 
@@ -64,6 +66,11 @@ class Checkpoint:
                 raise CheckpointError(f"{file} could not be read (corrupt or truncated?): {exc}") from exc
         return self._open[file]
 
+    def release(self) -> None:
+        """Close the files (unmap them); tensors already read keep their own mapping alive,
+        and pages of blocks that are done leave this process's RSS with them."""
+        self._open.clear()
+
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
@@ -80,7 +87,7 @@ class Checkpoint:
         if shape is not None and tuple(t.shape) != tuple(shape):
             raise CheckpointError(f"{file}: tensor {name} has shape {tuple(t.shape)}, the model "
                                   f"expects {tuple(shape)}")
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             raise CheckpointError(f"{file}: tensor {name} has non-finite values")
         return t.to(device=device, dtype=dtype or t.dtype)
 

@@ -111,10 +111,12 @@ class Offloaded:
     def _resident(self) -> None:
         """Everything outside the decoder blocks (embeddings, final norm, LM head, rotary)."""
         materialize(self.model, "", self.ckpt, self.device, self.dtype, skip=tuple(self.prefixes))
+        self.ckpt.release()
 
     def onload(self, i: int) -> nn.Module:
         layer = self.layers[i]
         materialize(layer, self.prefixes[i], self.ckpt, self.device, self.dtype)
+        self.ckpt.release()
         return layer
 
     def offload(self, i: int) -> None:

@@ -1,0 +1,261 @@
+"""In-memory vs out-of-core (--offload) compression on real models, same run: peak memory held,
+time, identical factors; memory after each finished block; load_compressed's peak and time;
+and the predicted peak / time for Llama-3-8B and -70B shapes from the measured constants.
+
+  python bench/bench_offload.py --model smollm2-135m qwen2.5-0.5b --methods svd_llm nsvd
+
+Every run is a fresh child process. "Held" = the highest RssAnon (sampled every 20 ms) minus
+RssAnon just before the measured step, i.e. after import, tokenizer and calibration tokens,
+which both modes share. Offloaded weights are read with safetensors (mmap): page-cache pages
+are file-backed, reclaimable, and not in RssAnon. Results: bench/results/offload_<tag>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from _timing import machine, write_json
+from bench_compress import AnonPeak, _anon_mb
+
+HERE = Path(__file__).resolve()
+
+
+def _file_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class FilePeak(AnonPeak):
+    """Highest RssFile (mapped file pages: safetensors mmaps) while the block runs."""
+
+    def __enter__(self):
+        self.peak, self._stop = _file_mb(), __import__("threading").Event()
+        self._thread = __import__("threading").Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _file_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _file_mb())
+
+
+def _setup(model: str, n_samples: int):
+    from transformers import AutoTokenizer
+
+    from svdzip import data, models
+    from svdzip.pipeline.memory import release_freed_memory
+
+    path = models.resolve(model)
+    tok = AutoTokenizer.from_pretrained(path)
+    calib = data.calibration_batches(tok, data.text_for("wiki", "calib"), n_samples, 512)
+    release_freed_memory()  # the corpus text is gone: do not count its freed heap as held
+    return path, tok, calib
+
+
+def child(kind: str, model: str, method: str, out: str, n_samples: int) -> dict:
+    import svdzip as sz
+    from svdzip import models
+    from svdzip.config import CONFIGS
+    from svdzip.offload import compress_checkpoint
+    from svdzip.pipeline import sink as sink_mod
+
+    torch.manual_seed(0)
+    path, tok, calib = _setup(model, n_samples)
+    cfg = CONFIGS[method](ratio=0.8)
+    per_block = []
+    write = sink_mod.ShardSink.write
+
+    def spy(self, i, *a, **k):
+        write(self, i, *a, **k)
+        per_block.append(_anon_mb())
+
+    sink_mod.ShardSink.write = spy
+    base, fbase = _anon_mb(), _file_mb()
+    t0 = time.perf_counter()
+    with AnonPeak() as peak, FilePeak() as fpeak:
+        if kind == "mem":
+            m, _ = models.load(str(path))
+            rep = sz.compress(m, cfg, calib, progress=False)
+            sz.save_compressed(m, out, tokenizer=tok, report=rep)
+        elif kind == "off":
+            rep = compress_checkpoint(path, out, cfg, calib, tokenizer=tok, progress=False)
+        else:  # load
+            m = sz.load_compressed(out)
+            rep = None
+    seconds = time.perf_counter() - t0
+    res = {"kind": kind, "held_mb": peak.peak - base, "base_mb": base, "seconds": seconds,
+           "file_mapped_peak_mb": fpeak.peak - fbase,
+           "per_block_mb": [b - base for b in per_block]}
+    if rep is not None:
+        res.update(seconds_stats=rep.seconds_stats, seconds_decompose=rep.seconds_decompose,
+                   seconds_compress=rep.seconds_total)
+    return res
+
+
+def _run_child(*args) -> dict:
+    proc = subprocess.run([sys.executable, str(HERE), "--child", *map(str, args)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _compare(a: Path, b: Path) -> dict:
+    from svdzip.pipeline.checkpoint import Checkpoint
+
+    ca, cb = Checkpoint(a), Checkpoint(b)
+    same_names = set(ca.files) == set(cb.files)
+    diff = max(float((ca.read(n).double() - cb.read(n).double()).abs().max()) for n in ca.files) \
+        if same_names else float("nan")
+    return {"same_tensor_names": same_names, "max_abs_diff": diff, "identical": same_names and diff == 0.0}
+
+
+def _size(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.glob("*.safetensors"))
+
+
+def _slope(ys: list[float]) -> float:
+    """Least-squares MB per block of the RssAnon after each finished block."""
+    n = len(ys)
+    if n < 2:
+        return float("nan")
+    mx, my = (n - 1) / 2, sum(ys) / n
+    return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
+
+
+def measure(model: str, method: str, n_samples: int, scratch: Path) -> dict:
+    from svdzip import models
+
+    ckpt = models.resolve(model)
+    mem, off = scratch / f"{model}-{method}-mem", scratch / f"{model}-{method}-off"
+    for d in (mem, off):
+        shutil.rmtree(d, ignore_errors=True)
+    row = {"model": model, "method": method, "ratio": 0.8, "n_samples": n_samples,
+           "checkpoint_bytes": _size(ckpt)}
+    row["in_memory"] = _run_child("mem", model, method, mem, n_samples)
+    row["offloaded"] = _run_child("off", model, method, off, n_samples)
+    row["load"] = _run_child("load", model, method, off, n_samples)
+    row["compressed_bytes"] = _size(off)
+    row["factors"] = _compare(mem, off)
+    row["offloaded"]["growth_mb_per_block"] = _slope(row["offloaded"]["per_block_mb"])
+    row["held_over_checkpoint"] = {k: row[k]["held_mb"] * 2**20 / row["checkpoint_bytes"]
+                                   for k in ("in_memory", "offloaded")}
+    row["time_ratio"] = row["offloaded"]["seconds"] / row["in_memory"]["seconds"]
+    for d in (mem, off):
+        shutil.rmtree(d, ignore_errors=True)
+    return row
+
+
+LLAMA = {"Llama-3-8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                            num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+         "Llama-3-70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                             num_attention_heads=64, num_key_value_heads=8, vocab_size=128256)}
+
+
+def project(rows: list[dict], windows: int, seqlen: int) -> dict:
+    """Predicted peak (pipeline/budget.py on Llama shapes, bf16, untied head) and CPU time from
+    this run's constants: statistics seconds per block-FLOP (2 x params x tokens) and
+    decomposition seconds per SVD-FLOP (sum of m n min(m, n) over the targets)."""
+    from accelerate import init_empty_weights
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import svdzip as sz
+    from svdzip.pipeline import budget
+    from svdzip.pipeline.source import block_prefixes
+    from svdzip.pipeline.walk import decoder_layers, find_targets
+
+    fit = [r for r in rows if r["method"] == "svd_llm"] or rows
+    stat_c = [r["offloaded"]["seconds_stats"] / r["_stat_flops"] for r in fit]
+    dec_c = [r["offloaded"]["seconds_decompose"] / r["_svd_flops"] for r in fit]
+    out = {"assumptions": f"bf16 weights, {windows} windows x {seqlen} tokens, svd_llm at 0.8, all "
+                          f"blocks, statistics and SVDs at this machine's measured rates "
+                          f"(max over the models measured: stat {max(stat_c):.3g} s/FLOP, "
+                          f"svd {max(dec_c):.3g} s/FLOP); a GPU was not measured"}
+    for name, shape in LLAMA.items():
+        with init_empty_weights():
+            m = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False, dtype=torch.bfloat16)).to(torch.bfloat16)
+        layers = decoder_layers(m)
+        _, targets = find_targets(m, sz.SVDLLMConfig(ratio=0.8))
+        blocks: dict = {}
+        for t in targets:
+            blocks.setdefault(t.block, []).append(t)
+        src = type("Shapes", (), {"model": m, "layers": layers, "dtype": torch.bfloat16,
+                                  "prefixes": block_prefixes(m, layers)})
+        parts = budget.estimate(src, blocks, (windows, seqlen), 1, {"gram"}, "fp64")
+        flops = _flops(layers, targets, windows * seqlen)
+        out[name] = {"peak_gib": parts["total"] / 2**30,
+                     "parts_gib": {k: v / 2**30 for k, v in parts.items()},
+                     "dense_checkpoint_gib": sum(p.numel() * 2 for p in m.parameters()) / 2**30,
+                     "cpu_hours": (max(stat_c) * flops[0] + max(dec_c) * flops[1]) / 3600}
+    return out
+
+
+def _flops(layers, targets, tokens: int) -> tuple[float, float]:
+    block_params = sum(p.numel() for layer in layers for p in layer.parameters())
+    return 2.0 * block_params * tokens, float(sum(math.prod(t.shape) * min(t.shape) for t in targets))
+
+
+def _add_flops(row: dict, n_samples: int) -> None:
+    from svdzip.config import SVDLLMConfig
+    from svdzip.pipeline.source import empty_model
+    from svdzip.pipeline.walk import decoder_layers, find_targets
+    from svdzip import models
+
+    m = empty_model(models.resolve(row["model"]))
+    _, targets = find_targets(m, SVDLLMConfig(ratio=0.8))
+    row["_stat_flops"], row["_svd_flops"] = _flops(decoder_layers(m), targets, n_samples * 512)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        kind, model, method, out, n = sys.argv[2:7]
+        print(json.dumps(child(kind, model, method, out, int(n))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"])
+    ap.add_argument("--methods", nargs="+", default=["svd_llm", "nsvd"])
+    ap.add_argument("--n-samples", type=int, default=32)
+    ap.add_argument("--scratch", default="/tmp/svdzip-bench-offload")
+    ap.add_argument("--tag", default="cpu")
+    args = ap.parse_args()
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), "rows": []}
+    for model in args.model:
+        for method in args.methods:
+            row = measure(model, method, args.n_samples, scratch)
+            _add_flops(row, args.n_samples)
+            payload["rows"].append(row)
+            o, i = row["offloaded"], row["in_memory"]
+            print(f"{model} {method}: held in-memory {i['held_mb']:.0f} MiB, offloaded {o['held_mb']:.0f} MiB "
+                  f"({row['held_over_checkpoint']['offloaded']:.2f}x the checkpoint's "
+                  f"{row['checkpoint_bytes'] / 2**20:.0f} MiB); time {i['seconds']:.1f} vs {o['seconds']:.1f} s "
+                  f"({row['time_ratio']:.2f}x); growth {o['growth_mb_per_block']:.1f} MiB/block; factors "
+                  f"identical: {row['factors']['identical']}; load {row['load']['held_mb']:.0f} MiB held, "
+                  f"{row['load']['seconds']:.1f} s, compressed {row['compressed_bytes'] / 2**20:.0f} MiB", flush=True)
+            write_json(f"offload_{args.tag}.json", payload)
+    payload["projection"] = {"protocol": project(payload["rows"], args.n_samples, 512),
+                             "long": project(payload["rows"], 128, 2048)}
+    print(json.dumps(payload["projection"], indent=1))
+    write_json(f"offload_{args.tag}.json", payload)
+
+
+if __name__ == "__main__":
+    main()
