@@ -86,6 +86,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
                "shard_size": shard_size}
     sink = ShardSink(out, plan, _fingerprint(source, config, calibration, options))
     sink.write_resident(resident)
+    del resident
     report = Report(config.method, config.to_dict(), modules=list(sink.modules),
                     model_params_before=_numel(source.model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
@@ -95,6 +96,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     hidden, block_args = replay.capture(source.model, source.layers, calibration, store=source.store,
                                         batch_size=batch_size, hidden_states=sink.start == 0)
     hidden = sink.resumed_hidden() if sink.start > 0 else hidden
+    source.drop_resident()  # called before any block is onloaded: only embeddings, norm, head
     report.seconds_stats += time.perf_counter() - t0
     if sink.start > 0:
         print(f"resuming {sink.partial} at block {sink.start} of {len(source.layers)}")

@@ -1,6 +1,7 @@
 """Expected peak memory of an out-of-core run, from shapes alone (before anything is loaded).
 
-    resident     embeddings, final norm, LM head (held throughout)
+    resident     embeddings, final norm, LM head: held for the capture of block 0's inputs
+                 only, then dropped (so the total counts max(resident, block loop))
     blocks       two dense blocks: the one being compressed, and its factors/next one in flight
     streams      calibration hidden states, inputs and outputs of one block (N x seqlen x d, x2)
     statistics   one Gram per target input of the largest block, fp64 (an upper bound: inputs
@@ -50,7 +51,9 @@ def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_pro
     acts = b * seqlen * wide * item * 4 + b * heads * seqlen * seqlen * 4
     parts = {"resident": resident, "blocks": 2 * block, "streams": 2 * n_windows * seqlen * d * item,
              "statistics": stats, "decompose": dec, "activations": acts, "runtime": RUNTIME}
-    parts["total"] = sum(parts.values())
+    # embeddings and head are dropped once block 0's inputs are caught, before the first block
+    loop = sum(v for k, v in parts.items() if k in ("blocks", "statistics", "decompose", "activations"))
+    parts["total"] = parts["runtime"] + parts["streams"] + max(parts["resident"], loop)
     return parts
 
 

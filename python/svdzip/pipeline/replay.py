@@ -7,10 +7,10 @@ with equal-length unpadded windows they do not depend on the sample.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
+
+from .walk import swapped_forwards
 
 
 class _Stop(Exception):
@@ -24,22 +24,11 @@ def _split(args: tuple, kwargs: dict):
     return kwargs.pop("hidden_states"), (), kwargs
 
 
-@contextlib.contextmanager
 def _identity_blocks(layers: nn.ModuleList):
-    """Every block passes its hidden states through unchanged (an instance `forward`): the
-    model's own forward still computes what it hands each block (masks, rotary embeddings)
-    without running, or even having, the blocks' weights (meta tensors when offloaded)."""
-    own = [layer.__dict__.get("forward") for layer in layers]
-    try:
-        for layer in layers:
-            layer.forward = lambda *args, **kwargs: _split(args, kwargs)[0]
-        yield
-    finally:
-        for layer, fwd in zip(layers, own):
-            if fwd is None:
-                layer.__dict__.pop("forward", None)
-            else:
-                layer.forward = fwd
+    """Every block passes its hidden states through unchanged: the model's own forward still
+    computes what it hands each block (masks, rotary embeddings) without running, or even
+    having, the blocks' weights (meta tensors when offloaded)."""
+    return swapped_forwards(layers, lambda layer: lambda *args, **kwargs: _split(args, kwargs)[0])
 
 
 def _run_until_last_block(model, layers, ids: torch.Tensor, hooks) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -62,3 +63,21 @@ def find_targets(model: nn.Module, cfg, dense: list | None = None) -> tuple[nn.M
         raise ValueError(f"no Linear layer in the decoder blocks matches targets={list(cfg.targets)} "
                          f"ignore={list(cfg.ignore)} with a ratio below 1")
     return layers, out
+
+
+@contextlib.contextmanager
+def swapped_forwards(layers, make):
+    """Each layer's `forward` replaced by `make(layer)` as an instance attribute (hooks still
+    run) for the duration; a forward already set on the instance (e.g. accelerate's wrapper)
+    is put back afterwards."""
+    own = [layer.__dict__.get("forward") for layer in layers]
+    try:
+        for layer in layers:
+            layer.forward = make(layer)
+        yield
+    finally:
+        for layer, fwd in zip(layers, own):
+            if fwd is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = fwd
