@@ -40,32 +40,39 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _anon_mb() -> float:
+def _status_mb(field: str = "RssAnon") -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("RssAnon:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def _anon_mb() -> float:
+    return _status_mb("RssAnon")
+
+
 class AnonPeak:
-    """Highest RssAnon seen by a 20 ms sampling thread while the `with` block runs
-    (a spike shorter than that can be missed)."""
+    """Highest RssAnon (or another /proc/self/status field, e.g. RssFile) seen by a 20 ms
+    sampling thread while the `with` block runs (a spike shorter than that can be missed)."""
+
+    def __init__(self, field: str = "RssAnon") -> None:
+        self.field = field
 
     def __enter__(self) -> "AnonPeak":
-        self.peak, self._stop = _anon_mb(), threading.Event()
+        self.peak, self._stop = _status_mb(self.field), threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _anon_mb())
+            self.peak = max(self.peak, _status_mb(self.field))
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _anon_mb())
+        self.peak = max(self.peak, _status_mb(self.field))
 
 
 def _setup(args):

@@ -24,36 +24,9 @@ from pathlib import Path
 import torch
 
 from _timing import machine, write_json
-from bench_compress import AnonPeak, _anon_mb
+from bench_compress import AnonPeak, _anon_mb, _status_mb
 
 HERE = Path(__file__).resolve()
-
-
-def _file_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class FilePeak(AnonPeak):
-    """Highest RssFile (mapped file pages: safetensors mmaps) while the block runs."""
-
-    def __enter__(self):
-        self.peak, self._stop = _file_mb(), __import__("threading").Event()
-        self._thread = __import__("threading").Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _file_mb())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _file_mb())
 
 
 def _setup(model: str, n_samples: int):
@@ -87,9 +60,9 @@ def child(kind: str, model: str, method: str, out: str, n_samples: int) -> dict:
         per_block.append(_anon_mb())
 
     sink_mod.ShardSink.write = spy
-    base, fbase = _anon_mb(), _file_mb()
+    base, fbase = _anon_mb(), _status_mb("RssFile")
     t0 = time.perf_counter()
-    with AnonPeak() as peak, FilePeak() as fpeak:
+    with AnonPeak() as peak, AnonPeak("RssFile") as fpeak:
         if kind == "mem":
             m, _ = models.load(str(path))
             rep = sz.compress(m, cfg, calib, progress=False)
