@@ -2,7 +2,6 @@
 clear errors for damaged checkpoints, memory that does not grow with the number of blocks."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

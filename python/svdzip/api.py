@@ -13,12 +13,12 @@ from . import allocation, methods, rank
 from .calibration.collector import StatsCollector
 from .calibration.fisher import row_fisher
 from .config import CompressConfig
-from .dtypes import model_dtype
+from .dtypes import all_finite, model_dtype
 from .pipeline import loop, replay
 from .pipeline.decompose import apply_block
 from .pipeline.source import InMemory
 from .pipeline.streams import Streams
-from .pipeline.walk import Target, find_targets
+from .pipeline.walk import Target, by_block, find_targets
 from .report import Report
 
 
@@ -29,7 +29,7 @@ def _count(model) -> int:
 def _check_weights(targets: list[Target]) -> None:
     for t in targets:
         w = t.module.weight
-        if not torch.isfinite(w).all():
+        if not all_finite(w):
             bad = w[~torch.isfinite(w)].flatten()[0].item()
             raise FloatingPointError(f"{t.name}: weight contains {bad}; refusing to compress")
 
@@ -40,13 +40,6 @@ def _check_stats(stats: dict, targets: list[Target], kinds) -> None:
         missing = set(kinds) - have
         if missing:
             raise ValueError(f"{t.name}: statistics {sorted(missing)} missing from stats=")
-
-
-def _by_block(targets: list[Target]) -> dict[int, list[Target]]:
-    out: dict[int, list[Target]] = {}
-    for t in targets:
-        out.setdefault(t.block, []).append(t)
-    return out
 
 
 @torch.no_grad()
@@ -119,7 +112,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
                     allocation=allocated, seconds_stats=alloc_stats_s,
                     dtype=model_dtype(model),
                     calibration=_calibration_record(calibration, calibration_info))
-    blocks = _by_block(targets)
+    blocks = by_block(targets)
     was_training = model.training
     model.eval()
     try:

@@ -162,18 +162,35 @@ def run_compress(args) -> int:
         result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, _bos(args))
         result["dense_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
         print("dense ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in result["dense_ppl"].items()))
-    calib = data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples,
-                                     args.seqlen, bos=bos)
+    calib = _calibration(args, tok, bos)
     report = api.compress(model, cfg, calib, calibration_info={"source": args.calib, "bos": bos},
                           batch_size=args.batch_size)
     print(report.summary(per_module=args.per_module))
     out = io.save_compressed(model, args.out, tokenizer=tok, report=report, shard_size=args.shard_size)
     if sets:
-        result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
-        print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
-              ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
-    result.update(report=report.to_dict(), seconds=time.perf_counter() - t0, saved_to=str(out))
-    print(f"saved to {out} ({time.perf_counter() - t0:.0f} s in all)")
+        _compressed_ppl(model, tok, sets, args, bos, cfg, result)
+    result["report"] = report.to_dict()
+    return _finish(args, result, out, t0)
+
+
+def _calibration(args, tok, bos: bool):
+    from . import data
+
+    return data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples,
+                                    args.seqlen, bos=bos)
+
+
+def _compressed_ppl(model, tok, sets, args, bos, cfg, result: dict) -> None:
+    from . import eval as ev
+
+    result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
+    print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
+          ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
+
+
+def _finish(args, result: dict, out, t0: float) -> int:
+    result.update(seconds=time.perf_counter() - t0, saved_to=str(out))
+    print(f"saved to {out} ({result['seconds']:.0f} s in all)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
@@ -192,8 +209,7 @@ def _run_offloaded(args, cfg) -> int:
     path = models.resolve(args.model)
     tok = AutoTokenizer.from_pretrained(path)
     bos = data.resolve_bos(tok, _bos(args))
-    calib = data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples,
-                                     args.seqlen, bos=bos)
+    calib = _calibration(args, tok, bos)
     try:
         report = compress_checkpoint(path, args.out, cfg, calib, device=device,
                                      dtype=models.parse_dtype(args.dtype), batch_size=args.batch_size,
@@ -203,20 +219,13 @@ def _run_offloaded(args, cfg) -> int:
         raise SystemExit(f"svdzip compress --offload: {exc}") from exc
     print(report.summary(per_module=args.per_module))
     result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio, "dtype": report.dtype,
-              "offload": True, "report": report.to_dict(), "saved_to": str(args.out)}
+              "offload": True, "report": report.to_dict()}
     sets = [s for s in args.eval.split(",") if s]
     if sets:
         model = io.load_compressed(args.out, device=device)
         result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, _bos(args))
-        result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
-        print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
-              ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
-    result["seconds"] = time.perf_counter() - t0
-    print(f"saved to {args.out} ({result['seconds']:.0f} s in all)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
-    return 0
+        _compressed_ppl(model, tok, sets, args, bos, cfg, result)
+    return _finish(args, result, args.out, t0)
 
 
 def run_eval(args) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .dtypes import dtype_name, model_dtype
+from .dtypes import all_finite, dtype_name, model_dtype
 from .nn import LowRankLinear
 from .pipeline.checkpoint import Checkpoint
 from .pipeline.layout import block_tensors, resident_tensors
@@ -39,11 +39,11 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None,
     if not modules:
         raise ValueError("model has no LowRankLinear modules: compress it first (svdzip.compress)")
     for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
+        if not all_finite(p):
             raise FloatingPointError(f"refusing to save: parameter {name} has non-finite values")
     layers = decoder_layers(model)
     prefixes = block_prefixes(model, layers)
-    resident, tied = resident_tensors(model, prefixes)
+    resident = resident_tensors(model, prefixes)
     groups = [resident] + [block_tensors(layer, p) for layer, p in zip(layers, prefixes)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -55,7 +55,7 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None,
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_meta(tmp, type(model).__name__, modules, model_dtype(model), tied, report)
+        write_meta(tmp, type(model).__name__, modules, model_dtype(model), report)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -63,9 +63,9 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None,
     return out
 
 
-def write_meta(directory: Path, architecture: str, modules: dict, dtype: str, tied: dict, report) -> None:
+def write_meta(directory: Path, architecture: str, modules: dict, dtype: str, report) -> None:
     meta = {"format_version": FORMAT_VERSION, "svdzip_version": __import__("svdzip").__version__,
-            "architecture": architecture, "modules": modules, "dtype": dtype, "tied": tied,
+            "architecture": architecture, "modules": modules, "dtype": dtype,
             "method_config": report.config if report is not None else None,
             "report": report.to_dict() if report is not None else None}
     (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
@@ -110,7 +110,7 @@ def load_compressed(path, dtype: torch.dtype | None = None, device="cpu") -> nn.
     meta = _read_meta(path)
     config = AutoConfig.from_pretrained(path)
     dtype = dtype or _saved_dtype(meta, config, path)
-    model = empty_model(path, dtype)
+    model = empty_model(path, dtype, config)
     named = dict(model.named_modules())
     for name, spec in meta["modules"].items():
         parent_name, _, attr = name.rpartition(".")

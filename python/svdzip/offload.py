@@ -2,20 +2,23 @@
 
 The model is built on the meta device; each decoder block is read from the checkpoint's
 safetensors when its turn comes, compressed, propagated, written to OUT.partial/ as sharded
-safetensors with the state to resume, and freed. Peak memory is about embeddings + head + two
-blocks + the calibration hidden states + one block's statistics, whatever the number of blocks.
+safetensors with the state to resume, and freed. Embeddings, final norm and head are held only
+while block 0's inputs are caught; the block loop then holds about two blocks, the calibration
+hidden states and one block's statistics and decomposition, whatever the number of blocks
+(pipeline/budget.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from . import methods
+from .api import _calibration_record, _check_calibration, _count
 from .config import CompressConfig
 from .dtypes import dtype_name
 from .pipeline import budget, loop, replay
@@ -24,7 +27,7 @@ from .pipeline.shards import DEFAULT_SHARD_SIZE, Plan, group_entries
 from .pipeline.sink import ShardSink
 from .pipeline.source import Offloaded
 from .pipeline.streams import Streams
-from .pipeline.walk import find_targets
+from .pipeline.walk import by_block, find_targets
 from .report import Report
 
 
@@ -45,13 +48,6 @@ def _fingerprint(source: Offloaded, config, calibration: torch.Tensor, options: 
             "calibration": [list(calibration.shape), tokens], "options": options}
 
 
-def _by_block(targets) -> dict[int, list]:
-    out: dict[int, list] = {}
-    for t in targets:
-        out.setdefault(t.block, []).append(t)
-    return out
-
-
 def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Tensor, *,
                         device="cpu", dtype: torch.dtype | None = None, batch_size: int = 1,
                         shard_size: int = DEFAULT_SHARD_SIZE, max_memory: int | None = None,
@@ -60,8 +56,6 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     """Compress the checkpoint directory `path` into `out` one block at a time (see module doc).
     An interrupted run leaves `out`.partial/; the same call resumes it (refusing, with the
     reason, if the checkpoint, config, calibration or options differ)."""
-    from .api import _calibration_record, _check_calibration
-
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
@@ -71,14 +65,14 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     source = Offloaded(path, device, dtype)
     left_dense: list = []
     _, targets = find_targets(source.model, config, left_dense)
-    blocks = _by_block(targets)
+    blocks = by_block(targets)
     need = budget.estimate(source, blocks, calibration.shape, batch_size, kinds, config.gram_products)
     print(budget.describe(need, source.device))
     if max_memory is not None and need["total"] > max_memory:
         raise MemoryError(f"expected peak {budget.gib(need['total'])} exceeds max_memory "
                           f"{budget.gib(max_memory)}; refusing to start (lower --n-samples or "
                           f"--batch-size, or allow more memory)")
-    resident, tied = resident_tensors(source.model, source.prefixes)
+    resident = resident_tensors(source.model, source.prefixes)
     rank_map = planned_rank_map(targets)  # before the loop: it lets go of the dense modules
     plan = Plan([group_entries(resident)] + [planned_block(layer, source.prefixes[i], blocks.get(i, []))
                                              for i, layer in enumerate(source.layers)], shard_size)
@@ -88,7 +82,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     sink.write_resident(resident)
     del resident
     report = Report(config.method, config.to_dict(), modules=list(sink.modules),
-                    model_params_before=_numel(source.model),
+                    model_params_before=_count(source.model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
                     dtype=dtype_name(source.dtype),
                     calibration=_calibration_record(calibration, calibration_info))
@@ -102,7 +96,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
         print(f"resuming {sink.partial} at block {sink.start} of {len(source.layers)}")
     job = loop.Job(config, method, kinds, report, not config.sequential, progress)
     loop.run(source, blocks, Streams(hidden, block_args, batch_size), job, sink, start=sink.start)
-    report.model_params_after = sum(_entry_numel(e) for g in plan.groups for e in g)
+    report.model_params_after = sum(math.prod(e.shape) for g in plan.groups for e in g)
     report.seconds_total = time.perf_counter() - t_start
 
     def extras(directory: Path) -> None:
@@ -112,24 +106,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         write_meta(directory, type(source.model).__name__, rank_map,
-                   dtype_name(source.dtype), tied, report)
+                   dtype_name(source.dtype), report)
 
     sink.finish(extras)
     return report
-
-
-def _numel(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def _entry_numel(e) -> int:
-    n = 1
-    for s in e.shape:
-        n *= s
-    return n
-
-
-def read_progress(out) -> dict | None:
-    """The resume state of an interrupted run into `out` (None if there is none)."""
-    f = Path(out).with_name(Path(out).name + ".partial") / ".resume" / "progress.json"
-    return json.loads(f.read_text()) if f.is_file() else None

@@ -43,8 +43,8 @@ def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_pro
                    if id(p) not in in_blocks)
     block = max(sum(_bytes(p) for p in layer.parameters()) for layer in source.layers)
     stats = dec = 0
+    gram = 8 + (12 if gram_products == "fp32" else 0) if "gram" in kinds else 0
     for targets in blocks.values():
-        gram = 8 + (12 if gram_products == "fp32" else 0) if "gram" in kinds else 0
         stats = max(stats, sum(gram * t.shape[1] ** 2 + 16 * t.shape[1] for t in targets))
         dec = max(dec, _decompose_bytes(targets, "gram" in kinds))
     b = min(batch_size, n_windows)

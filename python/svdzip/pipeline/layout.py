@@ -15,24 +15,15 @@ from .. import rank
 from .shards import Entry
 
 
-def _unique(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    seen: dict[int, str] = {}
-    kept, tied = {}, {}
-    for name, t in state.items():
-        if id(t) in seen:
-            tied[name] = seen[id(t)]
-        else:
-            seen[id(t)] = name
-            kept[name] = t
-    return kept, tied
-
-
-def resident_tensors(model: nn.Module, prefixes: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors outside the blocks, {tied name: stored name})."""
-    state = {n: t for n, t in model.state_dict(keep_vars=True).items()
-             if not any(n.startswith(p) for p in prefixes)}
-    kept, tied = _unique(state)
-    return {n: t.detach() for n, t in kept.items()}, tied
+def resident_tensors(model: nn.Module, prefixes: list[str]) -> dict[str, torch.Tensor]:
+    """Tensors outside the blocks; a tensor under two names (tied head) under the first only
+    (load_compressed re-ties from the model's own structure)."""
+    seen, kept = set(), {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen and not any(name.startswith(p) for p in prefixes):
+            seen.add(id(t))
+            kept[name] = t.detach()
+    return kept
 
 
 def block_tensors(layer: nn.Module, prefix: str) -> dict[str, torch.Tensor]:

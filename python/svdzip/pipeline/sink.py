@@ -32,8 +32,6 @@ class ResumeMismatch(ValueError):
 class ShardSink:
     """Group 0 of `plan` is everything outside the blocks; group i + 1 is block i."""
 
-    every_block = True
-
     def __init__(self, out, plan: Plan, fingerprint: dict) -> None:
         self.out = Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")

@@ -30,8 +30,6 @@ def block_prefixes(model: nn.Module, layers: nn.ModuleList) -> list[str]:
 class InMemory:
     """The whole model is in memory on its device; hidden states stay there too."""
 
-    offloaded = False
-
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.layers = decoder_layers(model)
@@ -46,13 +44,13 @@ class InMemory:
         pass
 
 
-def empty_model(path, dtype: torch.dtype | None = None) -> nn.Module:
-    """The architecture of checkpoint `path` with meta parameters (real buffers), in `dtype`
-    (default: the checkpoint's own, fp32 when it does not say)."""
+def empty_model(path, dtype: torch.dtype | None = None, config=None) -> nn.Module:
+    """The architecture of checkpoint `path` (or of its already-read `config`) with meta
+    parameters (real buffers), in `dtype` (default: the checkpoint's own, fp32 if unsaid)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path)
+    config = config or AutoConfig.from_pretrained(path)
     dtype = dtype or getattr(config, "dtype", None) or torch.float32
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
@@ -94,8 +92,6 @@ def _set(module: nn.Module, name: str, value, kind: str) -> None:
 class Offloaded:
     """Blocks read from checkpoint `path` one at a time onto `device`; hidden states kept on
     the CPU (`store`) in the model dtype between blocks."""
-
-    offloaded = True
 
     def __init__(self, path, device="cpu", dtype: torch.dtype | None = None) -> None:
         self.path = Path(path)

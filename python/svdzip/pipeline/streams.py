@@ -35,6 +35,3 @@ class Streams:
             out = out[0] if isinstance(out, tuple) else out
             outs.extend(out.to(store).split(1))
         return outs
-
-    def nbytes(self) -> int:
-        return sum(h.numel() * h.element_size() for h in self.hidden)

@@ -65,6 +65,14 @@ def find_targets(model: nn.Module, cfg, dense: list | None = None) -> tuple[nn.M
     return layers, out
 
 
+def by_block(targets: list[Target]) -> dict[int, list[Target]]:
+    """{block index: its targets}, in the targets' order."""
+    out: dict[int, list[Target]] = {}
+    for t in targets:
+        out.setdefault(t.block, []).append(t)
+    return out
+
+
 @contextlib.contextmanager
 def swapped_forwards(layers, make):
     """Each layer's `forward` replaced by `make(layer)` as an instance attribute (hooks still
