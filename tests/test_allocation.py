@@ -7,7 +7,7 @@ import torch
 
 import svdzip as sz
 from svdzip import allocation, api
-from svdzip.pipeline import replay
+from svdzip.pipeline import replay, trials
 from svdzip.pipeline.walk import find_targets
 
 from tiny_models import calib, tiny
@@ -51,7 +51,9 @@ def test_running_from_block_zero_reproduces_model_ppl(arch):
     ids = calib(2, 20)
     layers, _ = find_targets(model, sz.SVDConfig())
     hidden, block_args = replay.capture(model, layers, ids)
-    ppl = allocation._ppl_from(layers, block_args, replay.head(model), 0, hidden, ids)
+    for layer, args in zip(layers, block_args):
+        hidden = replay.run_block(layer, hidden, args)
+    ppl = trials._perplexity(replay.head(model), hidden, ids, "cpu")
     with torch.no_grad():
         loss = torch.stack([model(r[None], labels=r[None]).loss for r in ids]).mean()
     assert ppl == pytest.approx(float(loss.exp()), rel=1e-5)
@@ -89,10 +91,12 @@ def test_sensitivity_key_changes_with_calibration(tmp_path):
     model = tiny("llama")
     cfg = sz.SVDConfig(allocation="sensitivity")
     _, targets = find_targets(model, cfg)
-    k1 = allocation.cache_key(model, cfg, calib(2, 16), targets)
-    k2 = allocation.cache_key(model, cfg, calib(2, 16) + 1, targets)
-    k3 = allocation.cache_key(model, sz.SVDConfig(allocation="sensitivity", ratio=0.5), calib(2, 16), targets)
-    assert k1 != k2 and k1 == k3  # the ratio does not change the trials
+    weights = [(t.name, t.module.weight) for t in targets]
+    k1 = allocation.cache_key(cfg, calib(2, 16), weights)
+    k2 = allocation.cache_key(cfg, calib(2, 16) + 1, weights)
+    k3 = allocation.cache_key(sz.SVDConfig(allocation="sensitivity", ratio=0.5), calib(2, 16), weights)
+    k4 = allocation.cache_key(cfg, calib(2, 16), weights[:1] + [(weights[1][0], weights[1][1] * 2)] + weights[2:])
+    assert k1 != k2 and k1 == k3 and k1 != k4  # the ratio does not change the trials; weights do
 
 
 @pytest.mark.parametrize("kwargs,msg", [

@@ -4,7 +4,9 @@ For every targeted linear and candidate ratio: the perplexity of a short calibra
 with only that layer truncated. Three things keep this cheap:
   - one SVD per matrix serves every candidate rank (Method.truncator truncates, never refactors);
   - the trial runs the model from the layer's block onward on cached hidden states (the blocks
-    before it are dense, so their outputs are computed once);
+    before it are dense, so their outputs are computed once), every trial of a run of blocks
+    in one sweep over the blocks (pipeline/trials.py: one block's weights and statistics at a
+    time, so it works out of core as in memory);
   - the table is cached on disk, keyed by model weights, method options and calibration tokens.
 Then the ratios are chosen by a threshold on perplexity: every module takes its smallest
 candidate ratio whose trial stays under the threshold, and a binary search finds the lowest
@@ -13,19 +15,17 @@ threshold whose total parameter count fits the budget.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import rank
-from .pipeline import replay
+from .pipeline import trials
 
 FORMAT = 1
 
@@ -38,16 +38,17 @@ def _slice(calibration: torch.Tensor, cfg) -> torch.Tensor:
     return calibration[:w, :s]
 
 
-def cache_key(model, cfg, tokens: torch.Tensor, targets) -> str:
-    """Hash of what the table depends on: weights of the targets, method options, tokens."""
+def cache_key(cfg, tokens: torch.Tensor, weights) -> str:
+    """Hash of what the table depends on: method options, tokens, and the targets' weights
+    (`weights`: (module name, weight) pairs, as held in memory or read from a checkpoint)."""
     h = hashlib.sha256()
     opts = {k: v for k, v in cfg.to_dict().items()
             if k not in ("ratio", "overrides", "sequential", "last_blocks", "last_fraction", "allocation")}
     h.update(json.dumps(opts, sort_keys=True).encode())
     h.update(tokens.cpu().numpy().tobytes())
-    for t in targets:
-        h.update(t.name.encode())
-        h.update(t.module.weight.detach().float().cpu().numpy().tobytes())
+    for name, w in weights:
+        h.update(name.encode())
+        h.update(w.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:24]
 
 
@@ -72,69 +73,47 @@ def _write_cache(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-@torch.no_grad()
-def _ppl_from(layers, block_args, head, start: int, hidden: list, tokens: torch.Tensor) -> float:
-    h = hidden
-    for i in range(start, len(layers)):
-        h = replay.run_block(layers[i], h, block_args[i])
-    nll, count = 0.0, 0
-    for j, hj in enumerate(h):
-        logits = head(hj)[0, :-1].float()
-        labels = tokens[j, 1:].to(logits.device)
-        nll += float(F.cross_entropy(logits, labels, reduction="sum"))
-        count += labels.numel()
-    return math.exp(nll / count)
-
-
-@torch.no_grad()
-def sensitivity_table(model, layers, targets, stats: dict, cfg, method, calibration: torch.Tensor,
-                      progress: bool = True) -> dict:
-    """{"dense_ppl": p, "ppl": {module: {ratio: ppl}}, "seconds": s, "cached": bool}."""
+def sensitivity_table(source, targets, stats: dict | None, cfg, method, calibration: torch.Tensor,
+                      kinds, batch_size: int = 1, progress: bool = True,
+                      trial_memory: int = trials.DEFAULT_TRIAL_MEMORY) -> dict:
+    """{"dense_ppl": p, "ppl": {module: {ratio: ppl}}, "seconds": s, "cached": bool}, from the
+    cache or from sweeps over `source` (pipeline/trials.py)."""
     tokens = _slice(calibration, cfg)
-    path = _cache_file(cache_key(model, cfg, tokens, targets))
+    path = _cache_file(cache_key(cfg, tokens, ((t.name, source.weight(t)) for t in targets)))
     cached = _read_cache(path)
     if cached is not None and set(cached["ppl"]) >= {t.name for t in targets}:
         cached["cached"] = True
         cached["ppl"] = {n: {float(r): p for r, p in v.items()} for n, v in cached["ppl"].items()}
         return cached
-    t0 = time.perf_counter()
-    hidden, block_args = replay.capture(model, layers, tokens)
-    head = replay.head(model)
-    dense = _ppl_from(layers, block_args, head, 0, hidden, tokens)
-    by_block: dict[int, list] = {}
-    for t in targets:
-        by_block.setdefault(t.block, []).append(t)
-    table: dict[str, dict[float, float]] = {}
-    prepared: dict[str, object] = {}
-    bar = tqdm(total=len(targets) * len(cfg.sensitivity_ratios), desc="sensitivity trials",
-               disable=not progress, leave=False)
-    for b in range(len(layers)):
-        for t in by_block.get(b, []):
-            st = stats.get(t.name, {})
-            key = st.get("leader", t.name)
-            if key not in prepared:
-                prepared[key] = method.prepare(st, cfg)
-            weight = t.module.weight
-            original = weight.detach().clone()
-            trunc = method.truncator(original.double(), prepared[key], cfg)
-            m, n = original.shape
-            table[t.name] = {}
-            try:
-                for r in cfg.sensitivity_ratios:
-                    A, B = trunc(rank.rank_for_ratio(m, n, r))
-                    weight.copy_((A @ B).to(weight.dtype))  # same product as the low-rank pair
-                    table[t.name][r] = _ppl_from(layers, block_args, head, b, hidden, tokens)
-                    bar.update()
-            finally:
-                weight.copy_(original)
-        if b + 1 < len(layers):
-            hidden = replay.run_block(layers[b], hidden, block_args[b])
-    bar.close()
-    out = {"format": FORMAT, "dense_ppl": dense, "ppl": table,
-           "seconds": time.perf_counter() - t0, "tokens": list(tokens.shape)}
+    out = trials.sweep_table(source, targets, cfg, method, calibration, tokens, kinds, stats,
+                             batch_size, progress, trial_memory)
+    out = {"format": FORMAT, **out, "tokens": list(tokens.shape)}
+    table = out["ppl"]
     _write_cache(path, {**out, "ppl": {n: {str(r): p for r, p in v.items()} for n, v in table.items()}})
     out["cached"] = False
     return out
+
+
+def allocate_by_sensitivity(source, targets, stats: dict | None, config, method, calibration,
+                            kinds, batch_size: int = 1, progress: bool = True,
+                            trial_memory: int = trials.DEFAULT_TRIAL_MEMORY):
+    """(config with per-module ratios as exact-name overrides, the report's allocation record).
+    Modules the user overrode keep their ratio and count against the budget."""
+    if calibration is None:
+        raise ValueError("allocation='sensitivity' needs calibration token ids for its trials")
+    user = {t.name for t in targets if rank.match(t.name, config.overrides)}
+    free = [t for t in targets if t.name not in user]
+    table = sensitivity_table(source, free, stats, config, method, calibration, kinds, batch_size,
+                              progress, trial_memory)
+    shapes = {t.name: t.shape for t in targets}
+    budget = math.floor(config.ratio * sum(m * n for m, n in shapes.values()))
+    budget -= sum(_params(shapes[t.name], t.ratio) for t in targets if t.name in user)
+    ratios = allocate({t.name: table["ppl"][t.name] for t in free}, shapes, budget)
+    new = dataclasses.replace(config, overrides={**config.overrides, **ratios})
+    info = {"kind": "sensitivity", "ratios": ratios, "dense_slice_ppl": table["dense_ppl"],
+            "trial_seconds": table["seconds"], "cached": table["cached"], "budget_params": budget,
+            "sweeps": table.get("sweeps")}
+    return new, info
 
 
 def _params(shape, r: float) -> int:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from . import allocation, methods, rank
+from . import allocation, methods
 from .calibration.collector import StatsCollector
 from .calibration.fisher import row_fisher
 from .config import CompressConfig
@@ -97,14 +95,14 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     allocated, alloc_stats_s = None, 0.0
     if config.allocation == "sensitivity":
         t0 = time.perf_counter()
-        if stats is None and kinds:
-            stats = _one_shot(model, targets, calibration, kinds, progress, config.gram_products)
+        if stats is None and "fisher" in kinds:  # gradients of the whole model: before the trials
+            stats = row_fisher(model, targets, calibration, progress)
             alloc_stats_s = time.perf_counter() - t0
-        config, allocated = _allocate_by_sensitivity(model, layers, targets, stats or {}, config,
-                                                     method, calibration, progress)
+        config, allocated = allocation.allocate_by_sensitivity(
+            InMemory(model), targets, stats, config, method, calibration, kinds, batch_size, progress)
         allocated["seconds_total"] = time.perf_counter() - t0
         if config.sequential:
-            stats = None  # sequential collects its own; the one-shot ones served the trials
+            stats = None  # sequential collects its own
         left_dense = []
         layers, targets = find_targets(model, config, left_dense)
     report = Report(config.method, config.to_dict(), model_params_before=_count(model),
@@ -148,24 +146,6 @@ def _calibration_record(calibration, info: dict | None) -> dict:
         rec = {"windows": int(calibration.shape[0]), "seqlen": int(calibration.shape[1]),
                "common_first_token": int(first[0]) if bool((first == first[0]).all()) else None}
     return {**rec, **(info or {})}
-
-
-def _allocate_by_sensitivity(model, layers, targets, stats, config, method, calibration, progress):
-    """Per-module ratios from sensitivity trials, returned as exact-name overrides (modules the
-    user overrode keep their ratio and count against the budget)."""
-    if calibration is None:
-        raise ValueError("allocation='sensitivity' needs calibration token ids for its trials")
-    user = {t.name for t in targets if rank.match(t.name, config.overrides)}
-    free = [t for t in targets if t.name not in user]
-    table = allocation.sensitivity_table(model, layers, free, stats, config, method, calibration, progress)
-    shapes = {t.name: t.shape for t in targets}
-    budget = math.floor(config.ratio * sum(m * n for m, n in shapes.values()))
-    budget -= sum(allocation._params(shapes[t.name], t.ratio) for t in targets if t.name in user)
-    ratios = allocation.allocate({t.name: table["ppl"][t.name] for t in free}, shapes, budget)
-    new = dataclasses.replace(config, overrides={**config.overrides, **ratios})
-    info = {"kind": "sensitivity", "ratios": ratios, "dense_slice_ppl": table["dense_ppl"],
-            "trial_seconds": table["seconds"], "cached": table["cached"], "budget_params": budget}
-    return new, info
 
 
 def _blockwise(model, blocks, calibration, kinds, config, method, report, progress, dense_inputs,

@@ -10,6 +10,7 @@ hidden states and one block's statistics and decomposition, whatever the number 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from . import methods
+from . import allocation, methods
 from .api import _calibration_record, _check_calibration, _count
+from .calibration.fisher import row_fisher_blockwise
 from .config import CompressConfig
 from .dtypes import dtype_name
 from .pipeline import budget, loop, replay
@@ -27,19 +29,35 @@ from .pipeline.shards import DEFAULT_SHARD_SIZE, Plan, group_entries
 from .pipeline.sink import ShardSink
 from .pipeline.source import Offloaded
 from .pipeline.streams import Streams
+from .pipeline.trials import DEFAULT_TRIAL_MEMORY
 from .pipeline.walk import by_block, find_targets
 from .report import Report
 
 
-def _refuse_unsupported(config: CompressConfig, kinds) -> None:
-    if "fisher" in kinds:
-        raise NotImplementedError(
-            f"{config.method}: Fisher weights need gradients through the whole model, which "
-            "out-of-core compression does not compute yet; compress without offload")
-    if config.allocation == "sensitivity":
-        raise NotImplementedError(
-            "allocation='sensitivity' runs trials through every later block, which out-of-core "
-            "compression does not do yet; compress without offload, or use uniform / last_blocks")
+def _fisher_pass(sink: ShardSink, source: Offloaded, targets, calibration, batch_size, progress) -> dict:
+    """FWSVD's Fisher sums, by a block-wise backward (calibration/fisher.py), kept for a resume."""
+    def compute():
+        hidden, block_args = replay.capture(source.model, source.layers, calibration, store=source.store,
+                                            batch_size=batch_size)
+        stats = row_fisher_blockwise(source, targets, hidden, block_args, calibration,
+                                     sink.state / "fisher-spill", progress)
+        source.onload_resident()
+        return {"tokens": {n: st["tokens"] for n, st in stats.items()}}, {n: st["fisher"] for n, st in stats.items()}
+
+    tokens, fisher = sink.remembered("fisher", compute)
+    return {n: {"fisher": f, "tokens": tokens["tokens"][n]} for n, f in fisher.items()}
+
+
+def _allocation_pass(sink: ShardSink, source: Offloaded, targets, stats, config, method, calibration,
+                     kinds, batch_size, progress, trial_memory):
+    """Sensitivity allocation by sweeps over the offloaded blocks, kept for a resume."""
+    def compute():
+        _, info = allocation.allocate_by_sensitivity(source, targets, stats, config, method, calibration,
+                                                     kinds, batch_size, progress, trial_memory)
+        return info, None
+
+    info, _ = sink.remembered("allocation", compute)
+    return dataclasses.replace(config, overrides={**config.overrides, **info["ratios"]}), info
 
 
 def _fingerprint(source: Offloaded, config, calibration: torch.Tensor, options: dict) -> dict:
@@ -51,52 +69,65 @@ def _fingerprint(source: Offloaded, config, calibration: torch.Tensor, options: 
 def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Tensor, *,
                         device="cpu", dtype: torch.dtype | None = None, batch_size: int = 1,
                         shard_size: int = DEFAULT_SHARD_SIZE, max_memory: int | None = None,
-                        tokenizer=None, progress: bool = True,
-                        calibration_info: dict | None = None) -> Report:
+                        tokenizer=None, progress: bool = True, calibration_info: dict | None = None,
+                        trial_memory: int = DEFAULT_TRIAL_MEMORY) -> Report:
     """Compress the checkpoint directory `path` into `out` one block at a time (see module doc).
     An interrupted run leaves `out`.partial/; the same call resumes it (refusing, with the
-    reason, if the checkpoint, config, calibration or options differ)."""
+    reason, if the checkpoint, config, calibration or options differ). FWSVD's Fisher sums come
+    from a block-wise backward; allocation="sensitivity" from sweeps whose trial hidden states
+    stay under `trial_memory` bytes (pipeline/trials.py)."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
     method, kinds = methods.get(config.method), methods.required_stats(config)
-    _refuse_unsupported(config, kinds)
     _check_calibration(config, calibration)
     source = Offloaded(path, device, dtype)
-    left_dense: list = []
-    _, targets = find_targets(source.model, config, left_dense)
-    blocks = by_block(targets)
-    need = budget.estimate(source, blocks, calibration.shape, batch_size, kinds, config.gram_products)
+    _, targets = find_targets(source.model, config)
+    sensitivity = config.allocation == "sensitivity"
+    need = budget.estimate(source, by_block(targets), calibration.shape, batch_size, kinds, config.gram_products,
+                           trials=trial_memory if sensitivity else 0)
     print(budget.describe(need, source.device))
     if max_memory is not None and need["total"] > max_memory:
         raise MemoryError(f"expected peak {budget.gib(need['total'])} exceeds max_memory "
                           f"{budget.gib(max_memory)}; refusing to start (lower --n-samples or "
                           f"--batch-size, or allow more memory)")
-    resident = resident_tensors(source.model, source.prefixes)
-    rank_map = planned_rank_map(targets)  # before the loop: it lets go of the dense modules
-    plan = Plan([group_entries(resident)] + [planned_block(layer, source.prefixes[i], blocks.get(i, []))
-                                             for i, layer in enumerate(source.layers)], shard_size)
     options = {"dtype": dtype_name(source.dtype), "batch_size": batch_size, "device": source.device.type,
                "shard_size": shard_size}
-    sink = ShardSink(out, plan, _fingerprint(source, config, calibration, options))
+    sink = ShardSink(out, _fingerprint(source, config, calibration, options))
+    t0 = time.perf_counter()
+    stats = _fisher_pass(sink, source, targets, calibration, batch_size, progress) if "fisher" in kinds else None
+    allocated = None
+    if sensitivity:
+        config, allocated = _allocation_pass(sink, source, targets, stats, config, method, calibration,
+                                             kinds, batch_size, progress, trial_memory)
+    prepass_s = time.perf_counter() - t0
+    if allocated is not None:
+        allocated["seconds_total"] = prepass_s
+    left_dense: list = []
+    _, targets = find_targets(source.model, config, left_dense)
+    blocks = by_block(targets)
+    resident = resident_tensors(source.model, source.prefixes)
+    rank_map = planned_rank_map(targets)  # before the loop: it lets go of the dense modules
+    sink.open(Plan([group_entries(resident)] + [planned_block(layer, source.prefixes[i], blocks.get(i, []))
+                                                for i, layer in enumerate(source.layers)], shard_size))
     sink.write_resident(resident)
     del resident
     report = Report(config.method, config.to_dict(), modules=list(sink.modules),
                     model_params_before=_count(source.model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
-                    dtype=dtype_name(source.dtype),
+                    dtype=dtype_name(source.dtype), allocation=allocated, seconds_stats=prepass_s,
                     calibration=_calibration_record(calibration, calibration_info))
     t0 = time.perf_counter()
     hidden, block_args = replay.capture(source.model, source.layers, calibration, store=source.store,
-                                        batch_size=batch_size, hidden_states=sink.start == 0)
+                                        batch_size=batch_size, hidden_states=sink.start == 0 and stats is None)
     hidden = sink.resumed_hidden() if sink.start > 0 else hidden
     source.drop_resident()  # called before any block is onloaded: only embeddings, norm, head
     report.seconds_stats += time.perf_counter() - t0
     if sink.start > 0:
         print(f"resuming {sink.partial} at block {sink.start} of {len(source.layers)}")
-    job = loop.Job(config, method, kinds, report, not config.sequential, progress)
+    job = loop.Job(config, method, kinds, report, not config.sequential, progress, stats)
     loop.run(source, blocks, Streams(hidden, block_args, batch_size), job, sink, start=sink.start)
-    report.model_params_after = sum(math.prod(e.shape) for g in plan.groups for e in g)
+    report.model_params_after = sum(math.prod(e.shape) for g in sink.plan.groups for e in g)
     report.seconds_total = time.perf_counter() - t_start
 
     def extras(directory: Path) -> None:

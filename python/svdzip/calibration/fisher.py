@@ -1,14 +1,25 @@
 """Fisher importance for FWSVD: per output row, Σ over calibration windows of Σ_j (∂L/∂W_ij)²
-of the causal LM loss."""
+of the causal LM loss.
+
+Two ways to get the same sums: `row_fisher` runs the whole model's backward (in memory);
+`row_fisher_blockwise` runs it block by block (out of core): a dense forward that spills each
+block's input hidden states to disk, the loss gradient at the last block's output, then the
+blocks in reverse, each onloaded once, rerun on its saved inputs and backpropagated with the
+gradient of its output, which yields the gradient entering the block before it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import shutil
+from pathlib import Path
 
 import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from ..pipeline import replay
 from ..pipeline.walk import decoder_layers, swapped_forwards
 
 
@@ -22,39 +33,128 @@ def _recompute_in_backward(layers):
         layers, lambda layer: functools.partial(checkpoint, layer.forward, use_reentrant=False))
 
 
-def row_fisher(model, targets, batches: torch.Tensor, progress: bool = True) -> dict[str, dict]:
-    device = next(model.parameters()).device
-    weights = {t.name: t.module.weight for t in targets}
-    before = {p: p.requires_grad for p in model.parameters()}
-    acc = {n: torch.zeros(w.shape[0], dtype=torch.float64, device=device) for n, w in weights.items()}
-
+@contextlib.contextmanager
+def _row_sums_of_squared_grads(params, weights: dict, acc: dict):
+    """While open, only `weights` ({name: parameter}) need gradients, and each gradient is
+    folded into acc[name] (its rows' Σ g²) as soon as backward has produced it, then dropped:
+    one weight-sized gradient is alive at a time instead of all of them."""
     def consume(name):
-        # Fold each gradient into its row sums as soon as backward has produced it, and drop it:
-        # only one weight-sized gradient is alive at a time instead of all of them.
         def hook(w):
             g = w.grad.float()  # bf16/fp16 gradients: square in fp32 (fp16 squares underflow)
             acc[name] += (g * g).sum(1, dtype=torch.float64)
             w.grad = None
         return hook
 
+    params = list(params)
+    before = {p: p.requires_grad for p in params}
     handles = []
     try:
-        for p in model.parameters():
+        for p in params:
             p.requires_grad_(False)
         for n, w in weights.items():
             w.requires_grad_(True)
             handles.append(w.register_post_accumulate_grad_hook(consume(n)))
-        with _recompute_in_backward(decoder_layers(model)):
-            for row in tqdm(batches, desc="fisher", disable=not progress, leave=False):
-                x = row.unsqueeze(0).to(device)
-                model(x, labels=x, use_cache=False).loss.backward()
+        yield
     finally:
         for h in handles:
             h.remove()
         for p, flag in before.items():
             p.requires_grad_(flag)
             p.grad = None
+
+
+def _result(acc: dict, tokens: int) -> dict[str, dict]:
     for n, a in acc.items():
         if not torch.isfinite(a).all():
             raise FloatingPointError(f"{n}: Fisher importance is not finite (NaN/Inf gradients)")
-    return {n: {"fisher": a, "tokens": batches.numel()} for n, a in acc.items()}
+    return {n: {"fisher": a, "tokens": tokens} for n, a in acc.items()}
+
+
+def _zeros(weights: dict, device) -> dict:
+    return {n: torch.zeros(w.shape[0], dtype=torch.float64, device=device) for n, w in weights.items()}
+
+
+def row_fisher(model, targets, batches: torch.Tensor, progress: bool = True) -> dict[str, dict]:
+    device = next(model.parameters()).device
+    weights = {t.name: t.module.weight for t in targets}
+    acc = _zeros(weights, device)
+    with _row_sums_of_squared_grads(model.parameters(), weights, acc), \
+            _recompute_in_backward(decoder_layers(model)):
+        for row in tqdm(batches, desc="fisher", disable=not progress, leave=False):
+            x = row.unsqueeze(0).to(device)
+            model(x, labels=x, use_cache=False).loss.backward()
+    return _result(acc, batches.numel())
+
+
+def _spill(path: Path, hidden: list[torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({str(j): h.contiguous() for j, h in enumerate(hidden)}, str(path))
+
+
+def _unspill(path: Path) -> list[torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        return [fh.get_tensor(str(j)) for j in range(len(fh.keys()))]
+
+
+def _loss_gradients(source, hidden: list[torch.Tensor], tokens: torch.Tensor) -> list[torch.Tensor]:
+    """∂L/∂h for the last block's output h, per window, with the model's own loss function
+    (the same mean over shifted tokens as `model(x, labels=x).loss`)."""
+    model = source.model
+    source.onload_resident()
+    try:
+        head = replay.head(model)
+        grads = []
+        for j, h in enumerate(hidden):
+            h = h.to(source.device).requires_grad_(True)
+            labels = tokens[j:j + 1].to(source.device)
+            with torch.enable_grad():
+                loss = model.loss_function(logits=head(h), labels=labels, vocab_size=model.config.vocab_size)
+                (g,) = torch.autograd.grad(loss, h)
+            grads.append(g.to(source.store))
+        return grads
+    finally:
+        source.drop_resident()
+
+
+def row_fisher_blockwise(source, targets, hidden: list[torch.Tensor], block_args: list,
+                         tokens: torch.Tensor, spill_dir, progress: bool = True) -> dict[str, dict]:
+    """The Fisher sums of `targets` with one block on the device at a time (module doc).
+    `hidden` = the dense hidden states entering block 0 (one (1, seqlen, d) per window);
+    each block's inputs are spilled to `spill_dir` (removed at the end): N windows x seqlen x
+    hidden x dtype bytes per block on disk, one block's worth in memory."""
+    spill = Path(spill_dir)
+    spill.mkdir(parents=True, exist_ok=True)
+    first = min(t.block for t in targets)
+    n = len(source.layers)
+    acc = {}
+    try:
+        for i in tqdm(range(n), desc="fisher forward", disable=not progress, leave=False):
+            layer = source.onload(i)
+            if i >= first:
+                _spill(spill / f"in-{i:05d}.safetensors", hidden)
+            hidden = replay.run_block(layer, hidden, block_args[i])
+            source.offload(i)
+        grads = _loss_gradients(source, hidden, tokens)
+        del hidden
+        for i in tqdm(range(n - 1, first - 1, -1), desc="fisher backward", disable=not progress, leave=False):
+            layer = source.onload(i)
+            weights = {t.name: t.module.weight for t in targets if t.block == i}
+            mine = _zeros(weights, source.device)
+            inputs = _unspill(spill / f"in-{i:05d}.safetensors")
+            rest, kw = block_args[i]
+            with _row_sums_of_squared_grads(layer.parameters(), weights, mine), torch.enable_grad():
+                for j, x in enumerate(inputs):
+                    x = x.to(source.device).requires_grad_(i > first)
+                    out = layer(x, *rest, **kw)
+                    out = out[0] if isinstance(out, tuple) else out
+                    out.backward(grads[j].to(source.device))
+                    grads[j] = x.grad.to(source.store) if i > first else None
+            acc.update({k: v.cpu() for k, v in mine.items()})
+            (spill / f"in-{i:05d}.safetensors").unlink()
+            source.offload(i)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return _result(acc, tokens.numel())

@@ -10,6 +10,9 @@
                  (see _decompose_bytes; fitted to measured block peaks)
     activations  one batch through one block: the MLP's widest intermediate x4 and the fp32
                  attention scores (eager attention; SDPA needs less)
+    gradients    FWSVD only: the per-window gradients flowing back, one window's backward
+    trials       allocation="sensitivity" only: the trial hidden states of one sweep (at most
+                 trial_memory; pipeline/trials.py)
     runtime      Python + torch + transformers + tokenizer + calibration tokens (~0.36 GiB
                  RssAnon here) and building the meta model (~0.12 GiB)
 """
@@ -31,7 +34,8 @@ def _bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_products: str) -> dict:
+def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_products: str,
+             trials: int = 0) -> dict:
     cfg = source.model.config
     n_windows, seqlen = int(calib_shape[0]), int(calib_shape[1])
     item = torch.empty(0, dtype=source.dtype).element_size()
@@ -49,11 +53,17 @@ def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_pro
         dec = max(dec, _decompose_bytes(targets, "gram" in kinds))
     b = min(batch_size, n_windows)
     acts = b * seqlen * wide * item * 4 + b * heads * seqlen * seqlen * 4
-    parts = {"resident": resident, "blocks": 2 * block, "streams": 2 * n_windows * seqlen * d * item,
+    stream = n_windows * seqlen * d * item
+    parts = {"resident": resident, "blocks": 2 * block, "streams": 2 * stream,
              "statistics": stats, "decompose": dec, "activations": acts, "runtime": RUNTIME}
+    if "fisher" in kinds:  # per-window gradients, and one window's backward through one block
+        parts["gradients"] = stream + 2 * (seqlen * wide * item * 4 + heads * seqlen * seqlen * 4)
+    if trials:
+        parts["trials"] = trials
     # embeddings and head are dropped once block 0's inputs are caught, before the first block
     loop = sum(v for k, v in parts.items() if k in ("blocks", "statistics", "decompose", "activations"))
-    parts["total"] = parts["runtime"] + parts["streams"] + max(parts["resident"], loop)
+    extra = parts.get("gradients", 0) + parts.get("trials", 0)
+    parts["total"] = parts["runtime"] + parts["streams"] + extra + max(parts["resident"], loop)
     return parts
 
 

@@ -12,6 +12,8 @@ results' destination (see ../shared/docs/design.md).
 One-shot (dense_inputs=True): block i sees the dense blocks' outputs, so the outputs of its
 statistics pass (run before it is compressed) feed block i+1: one forward in all.
 Sequential: block i is rerun after compression, so later blocks correct for earlier errors.
+Statistics given beforehand (FWSVD's Fisher sums, which need the whole model's backward):
+blocks are only decomposed and written, no hidden states flow.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Job:
     report: Report
     dense_inputs: bool
     progress: bool = True
+    stats: dict | None = None  # given beforehand (Fisher): no collection, no forwards needed
 
 
 @torch.no_grad()
@@ -58,15 +61,18 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
         out = None
         if i in blocks:
             t0 = time.perf_counter()
-            out, stats = _collect(layer, blocks[i], streams, i, source.device, job)
+            if job.stats is None:
+                out, stats = _collect(layer, blocks[i], streams, i, source.device, job)
+            else:
+                stats = job.stats
             job.report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
             apply_block(blocks[i], stats, job.config, job.method, job.report)
-            del stats
+            stats = None
             release_freed_memory()
             job.report.seconds_decompose += time.perf_counter() - t0
         t0 = time.perf_counter()
-        if i < last:
+        if i < last and job.stats is None:
             if out is None or not job.dense_inputs:
                 out = streams.run(layer, i, source.device)
             streams.hidden = out

@@ -6,6 +6,8 @@ the run's fingerprint (checkpoint, method config, calibration tokens, options), 
 the file holding the hidden states entering it, and the finished modules' reports. A killed run
 (SIGKILL, OOM, power loss) therefore always finds a consistent state; rerunning the same command
 continues from the next block, and refuses, naming what differs, when the run is not the same.
+Results computed before the first block (Fisher sums, a sensitivity allocation) are kept in
+`.resume/prepass/` as soon as they exist, so an interruption after them does not redo them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,22 @@ from .shards import Entry, Plan, ShardWriter, replace_dir
 
 STATE = ".resume"
 PROGRESS = "progress.json"
+PREPASS = "prepass"
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _write_json(path: Path, obj) -> None:
+    """Atomically: a reader finds the old file or the whole new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as fh:
+        json.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
 
 
 class ResumeMismatch(ValueError):
@@ -30,13 +48,18 @@ class ResumeMismatch(ValueError):
 
 
 class ShardSink:
-    """Group 0 of `plan` is everything outside the blocks; group i + 1 is block i."""
+    """Group 0 of the plan is everything outside the blocks; group i + 1 is block i.
 
-    def __init__(self, out, plan: Plan, fingerprint: dict) -> None:
+    Created before the layout is known (`open(plan)` follows), so that what a run computes
+    before its first block (Fisher sums, a sensitivity allocation: `remembered`) is kept in
+    `.resume/prepass/` and survives an interruption too."""
+
+    def __init__(self, out, fingerprint: dict) -> None:
         self.out = Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.state = self.partial / STATE
-        self.plan, self.fingerprint = plan, fingerprint
+        self.prepass_dir = self.state / PREPASS
+        self.fingerprint = fingerprint
         self.start, self.modules, self._hidden_file = 0, [], None
         progress = self._read_progress()
         if progress is not None:
@@ -45,9 +68,44 @@ class ShardSink:
             self.modules = [ModuleReport(**{**m, "shape": tuple(m["shape"])}) for m in progress["modules"]]
             self._hidden_file = progress["hidden"]
         elif self.partial.exists():
-            shutil.rmtree(self.partial)  # a start that never finished a block: nothing to keep
-        self.state.mkdir(parents=True, exist_ok=True)
+            self._keep_only_prepass()  # no block finished: only a matching prepass is worth keeping
+        self.prepass_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.prepass_dir / "fingerprint.json", fingerprint)
+
+    def open(self, plan: Plan) -> None:
+        self.plan = plan
         self.writer = ShardWriter(self.partial, plan, resume=self.start > 0)
+
+    def _keep_only_prepass(self) -> None:
+        mark = self.prepass_dir / "fingerprint.json"
+        try:
+            saved = json.loads(mark.read_text()) if mark.is_file() else None
+        except (OSError, ValueError):
+            saved = None  # damaged: nothing of it is trusted
+        if saved is not None:
+            self._check_same_run(saved)  # another run's prepass is refused, as its blocks would be
+        for p in [*self.partial.iterdir(), *(self.state.iterdir() if self.state.is_dir() else ())]:
+            if p != self.state and not (saved is not None and p == self.prepass_dir):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    def remembered(self, name: str, compute):
+        """compute() -> (json-able object, {name: tensor} or None), run once per run: a resumed
+        run gets the saved result back, bit for bit, instead of recomputing it."""
+        meta, data = self.prepass_dir / f"{name}.json", self.prepass_dir / f"{name}.safetensors"
+        if meta.is_file():
+            from safetensors.torch import load_file
+
+            return json.loads(meta.read_text()), (load_file(str(data)) if data.is_file() else None)
+        obj, tensors = compute()
+        if tensors is not None:
+            from safetensors.torch import save_file
+
+            tmp = data.with_name(f".{data.name}.tmp")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            _fsync(tmp)
+            tmp.replace(data)
+        _write_json(meta, obj)  # written last: it marks the result complete
+        return obj, tensors
 
     def _read_progress(self) -> dict | None:
         f = self.state / PROGRESS
@@ -92,12 +150,7 @@ class ShardSink:
         progress = {"fingerprint": self.fingerprint, "next_block": i + 1,
                     "hidden": f"{name}.safetensors" if hidden else None,
                     "modules": [dataclasses.asdict(m) for m in modules]}
-        tmp = self.state / f".{PROGRESS}.tmp"
-        with tmp.open("w") as fh:
-            json.dump(progress, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self.state / PROGRESS)
+        _write_json(self.state / PROGRESS, progress)
         for old in self.state.glob("hidden-*.safetensors"):
             if old.name != progress["hidden"]:
                 old.unlink()

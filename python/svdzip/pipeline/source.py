@@ -43,6 +43,15 @@ class InMemory:
     def offload(self, i: int) -> None:
         pass
 
+    def onload_resident(self) -> None:
+        pass
+
+    def weight(self, target) -> torch.Tensor:
+        return target.module.weight
+
+    def drop_resident(self) -> None:
+        pass
+
 
 def empty_model(path, dtype: torch.dtype | None = None, config=None) -> nn.Module:
     """The architecture of checkpoint `path` (or of its already-read `config`) with meta
@@ -102,10 +111,11 @@ class Offloaded:
         self.store = torch.device("cpu")
         self.layers = decoder_layers(self.model)
         self.prefixes = block_prefixes(self.model, self.layers)
-        self._resident()
+        self.onload_resident()
 
-    def _resident(self) -> None:
-        """Everything outside the decoder blocks (embeddings, final norm, LM head, rotary)."""
+    def onload_resident(self) -> None:
+        """Everything outside the decoder blocks (embeddings, final norm, LM head, rotary):
+        at the start, and again when a pass needs the LM head (Fisher's loss, trial scores)."""
         materialize(self.model, "", self.ckpt, self.device, self.dtype, skip=tuple(self.prefixes))
         self.ckpt.release()
 
@@ -113,10 +123,13 @@ class Offloaded:
         """Once the hidden states entering block 0 are caught, nothing outside the blocks is
         needed (the loop never runs the final norm or the LM head): back to meta with them.
         For Llama-3-70B that is 4 GB of embeddings and head not held during the block loop."""
+        meta: dict[int, nn.Parameter] = {}  # one meta Parameter per shared one: ties survive
         for module in self.model.modules():
             for name, p in list(module._parameters.items()):
                 if p is not None and not p.is_meta:
-                    module._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=False)
+                    if id(p) not in meta:
+                        meta[id(p)] = nn.Parameter(p.to("meta"), requires_grad=False)
+                    module._parameters[name] = meta[id(p)]
 
     def onload(self, i: int) -> nn.Module:
         layer = self.layers[i]
@@ -126,3 +139,10 @@ class Offloaded:
 
     def offload(self, i: int) -> None:
         self.layers[i].to("meta")
+
+    def weight(self, target) -> torch.Tensor:
+        """A target's weight as the model would hold it, read from the checkpoint (its block
+        need not be onloaded)."""
+        w = self.ckpt.read(target.name + ".weight", target.shape, self.dtype)
+        self.ckpt.release()
+        return w

@@ -1,0 +1,147 @@
+"""Sensitivity trials (ASVD's per-module perplexity table) in sweeps over the blocks, for any
+source of weights: in memory, or read from the checkpoint one block at a time.
+
+A trial is the perplexity of the calibration slice with one target truncated to one candidate
+ratio and everything else dense. Block b's trials all start from the dense slice entering b,
+so a sweep runs forward once: at each block it advances every live trial's hidden states,
+starts the trials of the block's own targets (one SVD per target serves every ratio:
+Method.truncator) and advances the dense slice; at the end the LM head scores each trial.
+The trials of a run of consecutive blocks share one sweep; the run is as long as their hidden
+states fit `trial_memory` bytes, so a sweep holds at most that much above the block loop, and
+the number of sweeps (each reading the blocks from its first onward) follows from it. Statistics
+for the weighting (Grams, |x| means) are collected from the full calibration set as each block
+comes, one block's at a time, unless they are given (Fisher: computed beforehand).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import rank
+from ..calibration.collector import StatsCollector
+from . import replay
+from .streams import Streams
+from .walk import by_block
+
+DEFAULT_TRIAL_MEMORY = 1 << 30
+
+
+def _nbytes(hidden: list[torch.Tensor]) -> int:
+    return sum(h.numel() * h.element_size() for h in hidden)
+
+
+def sweep_groups(blocks: dict, n_ratios: int, trial_bytes: int, trial_memory: int) -> list[tuple[int, int]]:
+    """Consecutive ranges [start, stop) of blocks, each starting at a target block, covering
+    every target block once, whose trials' hidden states (targets x ratios x trial_bytes) fit
+    trial_memory; a block that alone exceeds it gets its own sweep."""
+    starts, used = [], 0
+    for b in sorted(blocks):
+        need = len(blocks[b]) * n_ratios * trial_bytes
+        if not starts or used + need > trial_memory:
+            starts.append(b)
+            used = 0
+        used += need
+    return list(zip(starts, starts[1:] + [max(blocks) + 1]))
+
+
+@torch.no_grad()
+def _perplexity(head, hidden: list[torch.Tensor], tokens: torch.Tensor, device) -> float:
+    nll, count = 0.0, 0
+    for j, h in enumerate(hidden):
+        logits = head(h.to(device))[0, :-1].float()
+        labels = tokens[j, 1:].to(logits.device)
+        nll += float(F.cross_entropy(logits, labels, reduction="sum"))
+        count += labels.numel()
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def _block_stats(layer, b: int, targets, full: Streams, cfg, kinds, device) -> dict:
+    """The block's statistics on the dense full calibration set; advances `full` past it."""
+    with StatsCollector({t.name: t.module for t in targets}, kinds, gram_products=cfg.gram_products) as col:
+        full.hidden = full.run(layer, b, device, on_batch=col.new_pass)
+        return col.finalize()
+
+
+@torch.no_grad()
+def _start_trials(targets, stats: dict, cfg, method, layer, dense, args, live: dict, bar) -> None:
+    prepared: dict[str, object] = {}
+    for t in targets:
+        st = stats.get(t.name, {})
+        key = st.get("leader", t.name)
+        if key not in prepared:
+            prepared[key] = method.prepare(st, cfg)
+        weight = t.module.weight
+        original = weight.detach().clone()
+        trunc = method.truncator(original.double(), prepared[key], cfg)
+        m, n = original.shape
+        try:
+            for r in cfg.sensitivity_ratios:
+                A, B = trunc(rank.rank_for_ratio(m, n, r))
+                weight.copy_((A @ B).to(weight.dtype))  # same product as the low-rank pair
+                live[(t.name, r)] = replay.run_block(layer, dense, args)
+                bar.update()
+        finally:
+            weight.copy_(original)
+
+
+@torch.no_grad()
+def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens: torch.Tensor,
+                kinds, stats: dict | None = None, batch_size: int = 1, progress: bool = True,
+                trial_memory: int = DEFAULT_TRIAL_MEMORY) -> dict:
+    """{"dense_ppl": p, "ppl": {module: {ratio: ppl}}, "sweeps": n} on slice `tokens`.
+    `source` must hold its resident parts (embeddings) on entry; it holds them again on exit."""
+    t0 = time.perf_counter()
+    model, layers, device = source.model, source.layers, source.device
+    blocks = by_block(targets)
+    dense, slice_args = replay.capture(model, layers, tokens, store=source.store)
+    full = None
+    if stats is None and kinds:
+        hidden, args = replay.capture(model, layers, calibration, store=source.store, batch_size=batch_size)
+        full = Streams(hidden, args, batch_size)
+    source.drop_resident()
+    groups = sweep_groups(blocks, len(cfg.sensitivity_ratios), _nbytes(dense), trial_memory)
+    if len(groups) > 1 and progress:
+        print(f"sensitivity: {len(groups)} sweeps (trial hidden states limited to "
+              f"{trial_memory / 2**30:.2f} GiB at a time)")
+    table: dict[str, dict[float, float]] = {t.name: {} for t in targets}
+    dense_ppl = None
+    bar = tqdm(total=len(targets) * len(cfg.sensitivity_ratios), desc="sensitivity trials",
+               disable=not progress, leave=False)
+    for g, (first, stop) in enumerate(groups):
+        live: dict = {}
+        carry, following = dense, None
+        for b in range(first, len(layers)):
+            layer = source.onload(b)
+            for key, h in live.items():
+                live[key] = replay.run_block(layer, h, slice_args[b])
+            if b < stop:
+                if b in blocks:
+                    block_stats = stats if full is None else _block_stats(
+                        layer, b, blocks[b], full, cfg, kinds, device)
+                    _start_trials(blocks[b], block_stats, cfg, method, layer, carry, slice_args[b], live, bar)
+                elif full is not None:
+                    full.hidden = full.run(layer, b, device)  # a target-free block before a later target
+            if b < stop or g == 0:  # the first sweep carries the dense slice to the end: dense ppl
+                carry = replay.run_block(layer, carry, slice_args[b])
+                if b == stop - 1:
+                    following = carry
+            source.offload(b)
+        source.onload_resident()
+        head = replay.head(model)
+        for (name, r), h in live.items():
+            table[name][r] = _perplexity(head, h, tokens, device)
+        if g == 0:
+            dense_ppl = _perplexity(head, carry, tokens, device)
+        del live
+        if g + 1 < len(groups):
+            source.drop_resident()
+        dense = following
+    bar.close()
+    return {"dense_ppl": dense_ppl, "ppl": table, "sweeps": len(groups),
+            "seconds": time.perf_counter() - t0}
