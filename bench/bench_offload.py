@@ -3,6 +3,11 @@ time, identical factors; memory after each finished block; load_compressed's pea
 and the predicted peak / time for Llama-3-8B and -70B shapes from the measured constants.
 
   python bench/bench_offload.py --model smollm2-135m qwen2.5-0.5b --methods svd_llm nsvd
+  python bench/bench_offload.py --model smollm2-135m --methods fwsvd svd_llm+sensitivity \
+      --sensitivity-ratios 0.6 0.9 --tag cpu_prepass
+
+A method "M+sensitivity" runs M with allocation="sensitivity" (each child with an empty table
+cache of its own, so both modes run their trials).
 
 Every run is a fresh child process. "Held" = the highest RssAnon (sampled every 20 ms) minus
 RssAnon just before the measured step, i.e. after import, tokenizer and calibration tokens,
@@ -42,16 +47,28 @@ def _setup(model: str, n_samples: int):
     return path, tok, calib
 
 
-def child(kind: str, model: str, method: str, out: str, n_samples: int) -> dict:
-    import svdzip as sz
-    from svdzip import models
+def _config(spec: str, sensitivity_ratios: list[float]):
     from svdzip.config import CONFIGS
+
+    method, _, allocation = spec.partition("+")
+    if not allocation:
+        return CONFIGS[method](ratio=0.8)
+    return CONFIGS[method](ratio=0.8, allocation=allocation, sensitivity_ratios=tuple(sensitivity_ratios))
+
+
+def child(kind: str, model: str, method: str, out: str, n_samples: int, sensitivity_ratios) -> dict:
+    import svdzip as sz
+    from svdzip import allocation
+    from svdzip import models
     from svdzip.offload import compress_checkpoint
     from svdzip.pipeline import sink as sink_mod
 
     torch.manual_seed(0)
     path, tok, calib = _setup(model, n_samples)
-    cfg = CONFIGS[method](ratio=0.8)
+    cfg = _config(method, sensitivity_ratios)
+    cache = Path(out + ".sensitivity")  # a table cache of this child's own
+    shutil.rmtree(cache, ignore_errors=True)
+    allocation._cache_file = lambda key: cache / f"{key}.json"
     per_block = []
     write = sink_mod.ShardSink.write
 
@@ -78,12 +95,13 @@ def child(kind: str, model: str, method: str, out: str, n_samples: int) -> dict:
            "per_block_mb": [b - base for b in per_block]}
     if rep is not None:
         res.update(seconds_stats=rep.seconds_stats, seconds_decompose=rep.seconds_decompose,
-                   seconds_compress=rep.seconds_total)
+                   seconds_compress=rep.seconds_total, allocation=rep.allocation)
     return res
 
 
-def _run_child(*args) -> dict:
-    proc = subprocess.run([sys.executable, str(HERE), "--child", *map(str, args)],
+def _run_child(*args, sensitivity_ratios=()) -> dict:
+    proc = subprocess.run([sys.executable, str(HERE), "--child", *map(str, args),
+                           ",".join(map(str, sensitivity_ratios))],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"child {args} failed:\n{proc.stderr[-3000:]}")
@@ -113,7 +131,7 @@ def _slope(ys: list[float]) -> float:
     return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
 
 
-def measure(model: str, method: str, n_samples: int, scratch: Path) -> dict:
+def measure(model: str, method: str, n_samples: int, scratch: Path, sensitivity_ratios=()) -> dict:
     from svdzip import models
 
     ckpt = models.resolve(model)
@@ -122,9 +140,10 @@ def measure(model: str, method: str, n_samples: int, scratch: Path) -> dict:
         shutil.rmtree(d, ignore_errors=True)
     row = {"model": model, "method": method, "ratio": 0.8, "n_samples": n_samples,
            "checkpoint_bytes": _size(ckpt)}
-    row["in_memory"] = _run_child("mem", model, method, mem, n_samples)
-    row["offloaded"] = _run_child("off", model, method, off, n_samples)
-    row["load"] = _run_child("load", model, method, off, n_samples)
+    kw = {"sensitivity_ratios": sensitivity_ratios}
+    row["in_memory"] = _run_child("mem", model, method, mem, n_samples, **kw)
+    row["offloaded"] = _run_child("off", model, method, off, n_samples, **kw)
+    row["load"] = _run_child("load", model, method, off, n_samples, **kw)
     row["compressed_bytes"] = _size(off)
     row["factors"] = _compare(mem, off)
     row["offloaded"]["growth_mb_per_block"] = _slope(row["offloaded"]["per_block_mb"])
@@ -198,8 +217,8 @@ def _add_flops(row: dict, n_samples: int) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        kind, model, method, out, n = sys.argv[2:7]
-        print(json.dumps(child(kind, model, method, out, int(n))))
+        kind, model, method, out, n, ratios = sys.argv[2:8]
+        print(json.dumps(child(kind, model, method, out, int(n), [float(r) for r in ratios.split(",") if r])))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"])
@@ -207,13 +226,15 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=32)
     ap.add_argument("--scratch", default="/tmp/svdzip-bench-offload")
     ap.add_argument("--tag", default="cpu")
+    ap.add_argument("--sensitivity-ratios", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                    help="candidate ratios for M+sensitivity methods")
     args = ap.parse_args()
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), "rows": []}
     for model in args.model:
         for method in args.methods:
-            row = measure(model, method, args.n_samples, scratch)
+            row = measure(model, method, args.n_samples, scratch, args.sensitivity_ratios)
             _add_flops(row, args.n_samples)
             payload["rows"].append(row)
             o, i = row["offloaded"], row["in_memory"]
@@ -224,6 +245,8 @@ def main() -> None:
                   f"identical: {row['factors']['identical']}; load {row['load']['held_mb']:.0f} MiB held, "
                   f"{row['load']['seconds']:.1f} s, compressed {row['compressed_bytes'] / 2**20:.0f} MiB", flush=True)
             write_json(f"offload_{args.tag}.json", payload)
+    if not any(r["method"] == "svd_llm" for r in payload["rows"]):
+        return  # the projection is fitted to svd_llm's constants
     payload["projection"] = {"protocol": project(payload["rows"], args.n_samples, 512),
                              "long": project(payload["rows"], 128, 2048)}
     print(json.dumps(payload["projection"], indent=1))

@@ -116,3 +116,30 @@ def test_last_blocks_sets_allocation_and_sensitivity_needs_calibration():
     assert sz.ResSVDConfig().allocation == "last_blocks"
     with pytest.raises(ValueError, match="needs calibration"):
         api.compress(tiny("llama"), sz.SVDConfig(allocation="sensitivity"), None, progress=False)
+
+
+def test_sweep_groups_cover_every_target_block_within_the_memory():
+    blocks = {1: ["q", "k"], 2: ["q"], 4: ["q", "k", "v"], 5: ["q"]}
+    assert trials.sweep_groups(blocks, 2, 10, 1 << 40) == [(1, 6)]
+    assert trials.sweep_groups(blocks, 2, 10, 60) == [(1, 4), (4, 5), (5, 6)]  # 40+20 | 60 | 20
+    assert trials.sweep_groups(blocks, 2, 10, 1) == [(1, 2), (2, 4), (4, 5), (5, 6)]
+
+
+@pytest.mark.parametrize("method", ["svd_llm", "nsvd", "asvd"])
+def test_sweeps_of_any_size_give_the_same_table(method):
+    """One sweep for every trial, or one per block (each rereading the blocks after it): the
+    same perplexities, to the last bit, and the same dense perplexity."""
+    from svdzip import methods
+    from svdzip.config import CONFIGS
+    from svdzip.pipeline.source import InMemory
+
+    cfg = CONFIGS[method](ratio=0.6, allocation="sensitivity", sensitivity_ratios=(0.3, 0.9), sensitivity_seqlen=16)
+    model = tiny("qwen2")
+    _, targets = find_targets(model, cfg)
+    tokens = allocation._slice(calib(), cfg)
+    run = [trials.sweep_table(InMemory(model), targets, cfg, methods.get(method), calib(), tokens,
+                              methods.required_stats(cfg), progress=False, trial_memory=m) for m in (1 << 40, 1)]
+    assert [r["sweeps"] for r in run] == [1, 3]
+    assert run[0]["ppl"] == run[1]["ppl"] and run[0]["dense_ppl"] == run[1]["dense_ppl"]
+    ppl = [p for v in run[0]["ppl"].values() for p in v.values()]
+    assert len(ppl) == 2 * len(targets) and len(set(ppl)) > len(targets)  # trials do differ

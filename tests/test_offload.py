@@ -239,11 +239,97 @@ def test_max_memory_refuses_before_starting(tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-@pytest.mark.parametrize("cfg,match", [(sz.FWSVDConfig(ratio=0.6), "Fisher"),
-                                       (sz.SVDLLMConfig(ratio=0.6, allocation="sensitivity"), "sensitivity")])
-def test_modes_offload_cannot_do_yet_are_refused(tmp_path, cfg, match):
-    with pytest.raises(NotImplementedError, match=match):
-        compress_checkpoint(_checkpoint(tmp_path), tmp_path / "out", cfg, calib(), progress=False)
+_TRIALS = dict(allocation="sensitivity", sensitivity_ratios=(0.3, 0.6, 0.9), sensitivity_seqlen=16)
+PREPASS_CONFIGS = {
+    "fwsvd": sz.FWSVDConfig(ratio=0.6),
+    "svd_llm+sensitivity": sz.SVDLLMConfig(ratio=0.6, **_TRIALS),
+    "fwsvd+sensitivity": sz.FWSVDConfig(ratio=0.6, **_TRIALS),
+    "nsvd+sensitivity sequential": sz.NSVDConfig(ratio=0.6, sequential=True, **_TRIALS),
+}
+
+
+@pytest.mark.parametrize("name", PREPASS_CONFIGS)
+def test_fisher_and_sensitivity_offloaded_equal_in_memory(tmp_path, monkeypatch, name):
+    """Out of core, Fisher sums come from a block-wise backward and the sensitivity table from
+    sweeps (trial_memory=1: one sweep per block); both give the in-memory factors bit for bit.
+    Separate caches: the offloaded table is computed, not read from the in-memory run's."""
+    cfg = PREPASS_CONFIGS[name]
+    monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path / "cache-mem"))
+    model = tiny("llama")
+    mem = sz.compress(model, cfg, calib(), progress=False)
+    sz.save_compressed(model, tmp_path / "mem", report=mem)
+    monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path / "cache-off"))
+    off = compress_checkpoint(_checkpoint(tmp_path, shard="40KB"), tmp_path / "off", cfg, calib(),
+                              progress=False, trial_memory=1)
+    _same_tensors(tmp_path / "mem", tmp_path / "off")
+    if cfg.allocation == "sensitivity":
+        assert off.allocation["cached"] is False and off.allocation["sweeps"] == 3
+        assert off.allocation["ratios"] == mem.allocation["ratios"]
+        assert len(set(off.allocation["ratios"].values())) > 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_blockwise_fisher_equals_the_whole_model_backward(tmp_path, arch):
+    from svdzip.calibration.fisher import row_fisher, row_fisher_blockwise
+    from svdzip.pipeline import replay
+    from svdzip.pipeline.source import InMemory
+    from svdzip.pipeline.walk import find_targets
+
+    model = tiny(arch)
+    _, targets = find_targets(model, sz.FWSVDConfig(ratio=0.6, last_blocks=2))
+    flags = [p.requires_grad for p in model.parameters()]
+    whole = row_fisher(model, targets, calib(), progress=False)
+    source = InMemory(model)
+    hidden, args = replay.capture(model, source.layers, calib())
+    blockwise = row_fisher_blockwise(source, targets, hidden, args, calib(), tmp_path / "spill", progress=False)
+    assert set(blockwise) == set(whole) and not (tmp_path / "spill").exists()
+    for n, st in whole.items():
+        torch.testing.assert_close(blockwise[n]["fisher"], st["fisher"], rtol=1e-6, atol=0)
+        assert st["fisher"].min() > 0 and blockwise[n]["tokens"] == st["tokens"]
+    assert [p.requires_grad for p in model.parameters()] == flags  # as they were before
+    assert all(p.grad is None for p in model.parameters())
+
+
+_DIE_AT_OPEN = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from svdzip.offload import compress_checkpoint
+    from svdzip.pipeline import sink
+    from test_offload import PREPASS_CONFIGS
+    from tiny_models import calib
+    def die(self, plan):
+        os.kill(os.getpid(), signal.SIGKILL)
+    sink.ShardSink.open = die
+    compress_checkpoint({ckpt!r}, {out!r}, PREPASS_CONFIGS[{name!r}], calib(), progress=False, trial_memory=1)
+""")
+
+
+def test_killed_after_the_prepass_resumes_without_redoing_it(tmp_path, monkeypatch):
+    """SIGKILL once the Fisher sums and the allocation exist but before any block is written:
+    the rerun takes both from OUT.partial (the passes are made to fail if called) and gives
+    the uninterrupted run's output; a different config is refused, the prepass kept."""
+    monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path / "cache"))
+    name, ckpt, out = "fwsvd+sensitivity", _checkpoint(tmp_path, layers=4), tmp_path / "out"
+    cfg = PREPASS_CONFIGS[name]
+    compress_checkpoint(ckpt, tmp_path / "whole", cfg, calib(), progress=False, trial_memory=1)
+    script = _DIE_AT_OPEN.format(tests=str(TESTS), ckpt=str(ckpt), out=str(out), name=name)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "SVDZIP_CACHE": str(tmp_path / "cache-killed")})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    kept = tmp_path / "out.partial" / ".resume" / "prepass"
+    assert {p.name for p in kept.iterdir()} >= {"fisher.json", "fisher.safetensors", "allocation.json"}
+    with pytest.raises(ResumeMismatch, match="different config"):
+        compress_checkpoint(ckpt, out, sz.FWSVDConfig(ratio=0.5, **_TRIALS), calib(), progress=False)
+    assert (kept / "allocation.json").is_file()
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the prepass was recomputed")
+
+    monkeypatch.setattr("svdzip.offload.row_fisher_blockwise", must_not_run)
+    monkeypatch.setattr("svdzip.allocation.allocate_by_sensitivity", must_not_run)
+    rep = compress_checkpoint(ckpt, out, cfg, calib(), progress=False, trial_memory=1)
+    _same_tensors(tmp_path / "whole", out)
+    assert rep.allocation["kind"] == "sensitivity" and not (tmp_path / "out.partial").exists()
 
 
 _MEMORY = textwrap.dedent("""

@@ -65,6 +65,9 @@ def add_compress(sub) -> None:
                    help="largest output shard, e.g. 5GB, 500MB (whole blocks per shard)")
     p.add_argument("--max-memory", type=parse_size, default=None,
                    help="with --offload: refuse to start when the expected peak exceeds this (e.g. 24GiB)")
+    p.add_argument("--trial-memory", type=parse_size, default="1GiB",
+                   help="with --offload and --allocation sensitivity: most memory for the trials' hidden "
+                        "states at a time; less means more sweeps over the blocks")
     _add_model_options(p)
     p.set_defaults(func=run_compress)
 
@@ -214,6 +217,7 @@ def _run_offloaded(args, cfg) -> int:
         report = compress_checkpoint(path, args.out, cfg, calib, device=device,
                                      dtype=models.parse_dtype(args.dtype), batch_size=args.batch_size,
                                      shard_size=args.shard_size, max_memory=args.max_memory, tokenizer=tok,
+                                     trial_memory=args.trial_memory,
                                      calibration_info={"source": args.calib, "bos": bos})
     except (MemoryError, NotImplementedError, ValueError) as exc:
         raise SystemExit(f"svdzip compress --offload: {exc}") from exc
