@@ -290,3 +290,36 @@ def test_freed_memory_goes_back_to_the_os_after_each_block(monkeypatch):
     monkeypatch.setattr(loop, "release_freed_memory", lambda: calls.append(1))
     sz.compress(tiny("llama"), sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
     assert len(calls) == 3   # once per compressed block
+
+
+@pytest.mark.parametrize("method", ["svd_llm", "nsvd"])
+def test_owned_statistics_are_shrunk_without_changing_any_result(method):
+    """The block loop lets apply_block drop each fp64 Gram for the fp32 copy its reported error
+    uses (owned=True); a caller's statistics are left as they were (owned=False). Same factors,
+    same reported errors, either way."""
+    import copy
+
+    from svdzip import methods
+    from svdzip.pipeline.decompose import apply_block
+    from svdzip.pipeline.walk import by_block, find_targets
+    from svdzip.report import Report
+
+    cfg = CONFIGS[method](ratio=0.6)
+    runs = []
+    for owned in (False, True):
+        model = tiny("qwen2")
+        _, targets = find_targets(model, cfg)
+        stats = api.collect_statistics(model, cfg, calib(), progress=False)
+        kept = copy.deepcopy(stats)
+        report = Report(method, {})
+        block = by_block(targets)[1]
+        apply_block(block, stats, cfg, methods.get(method), report, owned=owned)
+        grams = {stats[t.name]["gram"].dtype for t in block}
+        assert grams == ({torch.float32} if owned else {torch.float64})
+        if not owned:
+            assert all(torch.equal(stats[n]["gram"], kept[n]["gram"]) for n in stats)
+        runs.append((report.modules, [(m.A.clone(), m.B.clone()) for m in model.modules()
+                                      if isinstance(m, LowRankLinear)]))
+    (rep_a, fac_a), (rep_b, fac_b) = runs
+    assert [(m.name, m.rank, m.out_rel_error) for m in rep_a] == [(m.name, m.rank, m.out_rel_error) for m in rep_b]
+    assert len(fac_a) == 7 and all(torch.equal(a, b) for fa, fb in zip(fac_a, fac_b) for a, b in zip(fa, fb))

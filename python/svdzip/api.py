@@ -14,6 +14,7 @@ from .config import CompressConfig
 from .dtypes import all_finite, model_dtype
 from .pipeline import loop, replay
 from .pipeline.decompose import apply_block
+from .pipeline.memory import large_buffers_mmapped
 from .pipeline.source import InMemory
 from .pipeline.streams import Streams
 from .pipeline.walk import Target, by_block, find_targets
@@ -84,6 +85,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
     method = methods.get(config.method)
+    large_buffers_mmapped()
     kinds = methods.required_stats(config)
     if stats is not None and config.sequential:
         raise ValueError("stats= holds one-shot statistics; sequential=True collects its own")

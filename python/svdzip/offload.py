@@ -25,6 +25,7 @@ from .config import CompressConfig
 from .dtypes import dtype_name
 from .pipeline import budget, loop, replay
 from .pipeline.layout import planned_block, planned_rank_map, resident_tensors
+from .pipeline.memory import large_buffers_mmapped
 from .pipeline.shards import DEFAULT_SHARD_SIZE, Plan, group_entries
 from .pipeline.sink import ShardSink
 from .pipeline.source import Offloaded
@@ -80,6 +81,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
     method, kinds = methods.get(config.method), methods.required_stats(config)
+    large_buffers_mmapped()
     _check_calibration(config, calibration)
     source = Offloaded(path, device, dtype)
     _, targets = find_targets(source.model, config)

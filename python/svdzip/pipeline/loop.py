@@ -67,7 +67,7 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
                 stats = job.stats
             job.report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
-            apply_block(blocks[i], stats, job.config, job.method, job.report)
+            apply_block(blocks[i], stats, job.config, job.method, job.report, owned=job.stats is None)
             stats = None
             release_freed_memory()
             job.report.seconds_decompose += time.perf_counter() - t0
