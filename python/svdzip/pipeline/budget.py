@@ -3,7 +3,8 @@
     resident     embeddings, final norm, LM head: held for the capture of block 0's inputs
                  only, then dropped (so the total counts max(resident, block loop))
     blocks       two dense blocks: the one being compressed, and its factors/next one in flight
-    streams      calibration hidden states, inputs and outputs of one block (N x seqlen x d, x2)
+    streams      calibration hidden states (N x seqlen x d): each window's output takes its
+                 input's place (Streams.run outputs="replace"), so one list plus one batch
     statistics   one Gram per target input of the largest block, fp64 (an upper bound: inputs
                  that q/k/v or gate/up share are counted once each here), plus fp32 scratch
     decompose    whitening of the widest input, the largest batched SVD, two m x n buffers
@@ -54,7 +55,7 @@ def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_pro
     b = min(batch_size, n_windows)
     acts = b * seqlen * wide * item * 4 + b * heads * seqlen * seqlen * 4
     stream = n_windows * seqlen * d * item
-    parts = {"resident": resident, "blocks": 2 * block, "streams": 2 * stream,
+    parts = {"resident": resident, "blocks": 2 * block, "streams": stream + stream // n_windows * min(batch_size, n_windows),
              "statistics": stats, "decompose": dec, "activations": acts, "runtime": RUNTIME}
     if "fisher" in kinds:  # per-window gradients, and one window's backward through one block
         parts["gradients"] = stream + 2 * (seqlen * wide * item * 4 + heads * seqlen * seqlen * 4)

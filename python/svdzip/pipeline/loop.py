@@ -44,11 +44,13 @@ class Job:
 
 
 @torch.no_grad()
-def _collect(layer, targets, streams: Streams, i: int, device, job: Job):
+def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance: bool):
+    """The block's statistics; `advance`: its outputs (dense, one-shot) replace the streams'
+    hidden states on the way (else they are not kept at all)."""
     with StatsCollector({t.name: t.module for t in targets}, job.kinds,
                         gram_products=job.config.gram_products) as col:
-        out = streams.run(layer, i, device, on_batch=col.new_pass)
-        return out, col.finalize()
+        streams.run(layer, i, device, on_batch=col.new_pass, outputs="replace" if advance else "none")
+        return col.finalize()
 
 
 def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0) -> None:
@@ -58,11 +60,13 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
     desc = f"{job.config.method} {'one-shot' if job.dense_inputs else 'sequential'}"
     for i in tqdm(range(start, end), desc=desc, disable=not job.progress, initial=start, total=end):
         layer = source.onload(i)
-        out = None
+        forward = i < last and job.stats is None  # later blocks need this one's outputs
+        advanced = False
         if i in blocks:
             t0 = time.perf_counter()
             if job.stats is None:
-                out, stats = _collect(layer, blocks[i], streams, i, source.device, job)
+                advanced = forward and job.dense_inputs  # one-shot: the statistics pass advances
+                stats = _collect(layer, blocks[i], streams, i, source.device, job, advanced)
             else:
                 stats = job.stats
             job.report.seconds_stats += time.perf_counter() - t0
@@ -72,11 +76,9 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
             release_freed_memory()
             job.report.seconds_decompose += time.perf_counter() - t0
         t0 = time.perf_counter()
-        if i < last and job.stats is None:
-            if out is None or not job.dense_inputs:
-                out = streams.run(layer, i, source.device)
-            streams.hidden = out
-        else:
+        if forward and not advanced:
+            streams.run(layer, i, source.device, outputs="replace")
+        elif not forward:
             streams.hidden = []  # no block after this one is compressed: nothing needs them
         job.report.seconds_stats += time.perf_counter() - t0
         if sink is not None:

@@ -64,7 +64,7 @@ def _perplexity(head, hidden: list[torch.Tensor], tokens: torch.Tensor, device) 
 def _block_stats(layer, b: int, targets, full: Streams, cfg, kinds, device) -> dict:
     """The block's statistics on the dense full calibration set; advances `full` past it."""
     with StatsCollector({t.name: t.module for t in targets}, kinds, gram_products=cfg.gram_products) as col:
-        full.hidden = full.run(layer, b, device, on_batch=col.new_pass)
+        full.run(layer, b, device, on_batch=col.new_pass, outputs="replace")
         return col.finalize()
 
 
@@ -126,7 +126,7 @@ def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens:
                         layer, b, blocks[b], full, cfg, kinds, device)
                     _start_trials(blocks[b], block_stats, cfg, method, layer, carry, slice_args[b], live, bar)
                 elif full is not None:
-                    full.hidden = full.run(layer, b, device)  # a target-free block before a later target
+                    full.run(layer, b, device, outputs="replace")  # a target-free block before a later target
             if b < stop or g == 0:  # the first sweep carries the dense slice to the end: dense ppl
                 carry = replay.run_block(layer, carry, slice_args[b])
                 if b == stop - 1:
