@@ -26,6 +26,7 @@ import torch
 
 from . import rank
 from .pipeline import trials
+from .pipeline.group import Single
 
 FORMAT = 1
 
@@ -75,28 +76,34 @@ def _write_cache(path: Path, payload: dict) -> None:
 
 def sensitivity_table(source, targets, stats: dict | None, cfg, method, calibration: torch.Tensor,
                       kinds, batch_size: int = 1, progress: bool = True,
-                      trial_memory: int = trials.DEFAULT_TRIAL_MEMORY) -> dict:
+                      trial_memory: int = trials.DEFAULT_TRIAL_MEMORY, group=None) -> dict:
     """{"dense_ppl": p, "ppl": {module: {ratio: ppl}}, "seconds": s, "cached": bool}, from the
-    cache or from sweeps over `source` (pipeline/trials.py)."""
+    cache or from sweeps over `source` (pipeline/trials.py). In a distributed group rank 0
+    reads and writes the cache and every rank gets its answer."""
+    group = group or Single()
     tokens = _slice(calibration, cfg)
     path = _cache_file(cache_key(cfg, tokens, ((t.name, source.weight(t)) for t in targets)))
-    cached = _read_cache(path)
-    if cached is not None and set(cached["ppl"]) >= {t.name for t in targets}:
+    cached = _read_cache(path) if group.rank == 0 else None
+    if cached is not None and not set(cached["ppl"]) >= {t.name for t in targets}:
+        cached = None
+    cached = group.broadcast_object(cached)
+    if cached is not None:
         cached["cached"] = True
         cached["ppl"] = {n: {float(r): p for r, p in v.items()} for n, v in cached["ppl"].items()}
         return cached
     out = trials.sweep_table(source, targets, cfg, method, calibration, tokens, kinds, stats,
-                             batch_size, progress, trial_memory)
+                             batch_size, progress, trial_memory, group)
     out = {"format": FORMAT, **out, "tokens": list(tokens.shape)}
     table = out["ppl"]
-    _write_cache(path, {**out, "ppl": {n: {str(r): p for r, p in v.items()} for n, v in table.items()}})
+    if group.rank == 0:
+        _write_cache(path, {**out, "ppl": {n: {str(r): p for r, p in v.items()} for n, v in table.items()}})
     out["cached"] = False
     return out
 
 
 def allocate_by_sensitivity(source, targets, stats: dict | None, config, method, calibration,
                             kinds, batch_size: int = 1, progress: bool = True,
-                            trial_memory: int = trials.DEFAULT_TRIAL_MEMORY):
+                            trial_memory: int = trials.DEFAULT_TRIAL_MEMORY, group=None):
     """(config with per-module ratios as exact-name overrides, the report's allocation record).
     Modules the user overrode keep their ratio and count against the budget."""
     if calibration is None:
@@ -104,7 +111,7 @@ def allocate_by_sensitivity(source, targets, stats: dict | None, config, method,
     user = {t.name for t in targets if rank.match(t.name, config.overrides)}
     free = [t for t in targets if t.name not in user]
     table = sensitivity_table(source, free, stats, config, method, calibration, kinds, batch_size,
-                              progress, trial_memory)
+                              progress, trial_memory, group)
     shapes = {t.name: t.shape for t in targets}
     budget = math.floor(config.ratio * sum(m * n for m, n in shapes.values()))
     budget -= sum(_params(shapes[t.name], t.ratio) for t in targets if t.name in user)

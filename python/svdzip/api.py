@@ -14,6 +14,7 @@ from .config import CompressConfig
 from .dtypes import all_finite, model_dtype
 from .pipeline import loop, replay
 from .pipeline.decompose import apply_block
+from .pipeline.group import Single, from_environment
 from .pipeline.memory import large_buffers_mmapped
 from .pipeline.source import InMemory
 from .pipeline.streams import Streams
@@ -76,21 +77,32 @@ def _one_shot(model, targets, calibration, kinds, progress, gram_products) -> di
 
 def compress(model, config: CompressConfig, calibration: torch.Tensor | None = None,
              progress: bool = True, stats: dict | None = None,
-             calibration_info: dict | None = None, batch_size: int = 1) -> Report:
+             calibration_info: dict | None = None, batch_size: int = 1,
+             process_group=None) -> Report:
     """Compress `model` in place with `config`; `calibration` is (N, seqlen) token ids.
     `stats` (from collect_statistics on this same dense model) skips one-shot collection.
     `calibration_info` (e.g. {"source": "wiki", "bos": True}) is recorded in the report.
-    `batch_size` windows go through each block at once (same statistics: they are sums)."""
+    `batch_size` windows go through each block at once (same statistics: they are sums).
+    Under torch.distributed (torchrun, or `process_group=`), every rank calls this with the
+    same model and calibration: each runs its share of the windows, each module is decomposed
+    by one owner rank and its factors broadcast, so every rank ends with the same model
+    (pipeline/group.py)."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
     method = methods.get(config.method)
     large_buffers_mmapped()
     kinds = methods.required_stats(config)
+    group = from_environment(process_group)
     if stats is not None and config.sequential:
         raise ValueError("stats= holds one-shot statistics; sequential=True collects its own")
+    if stats is not None and group.distributed:
+        raise ValueError("stats= with a distributed group: pass the calibration instead (each rank "
+                         "collects its share)")
+    share = slice(None)
     if kinds and stats is None:
         _check_calibration(config, calibration)
+        share = group.share(calibration.shape[0])  # fails before any work if too few windows
     left_dense: list = []
     layers, targets = find_targets(model, config, left_dense)
     _check_weights(targets)
@@ -98,10 +110,11 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     if config.allocation == "sensitivity":
         t0 = time.perf_counter()
         if stats is None and "fisher" in kinds:  # gradients of the whole model: before the trials
-            stats = row_fisher(model, targets, calibration, progress)
+            stats = _fisher(model, targets, calibration, share, group, progress)
             alloc_stats_s = time.perf_counter() - t0
         config, allocated = allocation.allocate_by_sensitivity(
-            InMemory(model), targets, stats, config, method, calibration, kinds, batch_size, progress)
+            InMemory(model), targets, stats, config, method, calibration, kinds, batch_size, progress,
+            group=group)
         allocated["seconds_total"] = time.perf_counter() - t0
         if config.sequential:
             stats = None  # sequential collects its own
@@ -119,24 +132,40 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
         if kinds and (config.sequential or (stats is None and "fisher" not in kinds)):
             # one-shot statistics are streamed block by block too: same numbers, but only one
             # block's Grams are alive at a time instead of every block's
-            _blockwise(model, blocks, calibration, kinds, config, method, report, progress,
-                       dense_inputs=not config.sequential, batch_size=batch_size)
+            _blockwise(model, blocks, calibration[share], kinds, config, method, report, progress,
+                       dense_inputs=not config.sequential, batch_size=batch_size, group=group)
         else:
             t0 = time.perf_counter()
-            if stats is None:
-                stats = (_one_shot(model, targets, calibration, kinds, progress, config.gram_products)
-                         if kinds else {})
+            if stats is None and "fisher" in kinds:
+                stats = _fisher(model, targets, calibration, share, group, progress)
+            elif stats is None:
+                stats = {}  # a method without statistics (plain SVD)
             _check_stats(stats, targets, kinds)
             report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
             for i in tqdm(sorted(blocks), desc=f"{config.method} blocks", disable=not progress):
-                apply_block(blocks[i], stats, config, method, report)
+                leader_of = {n: st.get("leader", n) for n, st in stats.items()}
+                apply_block(blocks[i], stats, config, method, report, group=group,
+                            owner_of=loop.owner_of_map(blocks[i], leader_of, group))
             report.seconds_decompose = time.perf_counter() - t0
     finally:
         model.train(was_training)
     report.model_params_after = _count(model)
     report.seconds_total = time.perf_counter() - t_start
+    report.distributed = group.summary()
     return report
+
+
+def _fisher(model, targets, calibration, share, group, progress) -> dict:
+    """FWSVD's row Fisher sums: each rank's share, summed over the ranks."""
+    with group.agree("computing Fisher sums"):
+        stats = row_fisher(model, targets, calibration[share], progress)
+    if group.distributed:
+        tokens = torch.tensor([stats[t.name]["tokens"] for t in targets], dtype=torch.int64)
+        group.all_reduce_([stats[t.name]["fisher"] for t in targets] + [tokens])
+        for t, n in zip(targets, tokens.tolist()):
+            stats[t.name]["tokens"] = n
+    return stats
 
 
 def _calibration_record(calibration, info: dict | None) -> dict:
@@ -151,11 +180,12 @@ def _calibration_record(calibration, info: dict | None) -> dict:
 
 
 def _blockwise(model, blocks, calibration, kinds, config, method, report, progress, dense_inputs,
-               batch_size: int = 1):
-    """Block by block on cached hidden states (pipeline/loop.py), the model in memory."""
+               batch_size: int = 1, group=None):
+    """Block by block on cached hidden states (pipeline/loop.py), the model in memory;
+    `calibration` is this rank's share."""
     source = InMemory(model)
     t0 = time.perf_counter()
     hidden, block_args = replay.capture(model, source.layers, calibration, batch_size=batch_size)
     report.seconds_stats += time.perf_counter() - t0
-    job = loop.Job(config, method, kinds, report, dense_inputs, progress)
+    job = loop.Job(config, method, kinds, report, dense_inputs, progress, group=group or Single())
     loop.run(source, blocks, Streams(hidden, block_args, batch_size), job)

@@ -32,6 +32,7 @@ class Report:
     allocation: dict | None = None    # sensitivity allocation: ratios per module, trial time, cache hit
     dtype: str = ""                   # the model's dtype (factors are stored in it)
     calibration: dict = field(default_factory=dict)  # windows, seqlen, source, bos convention
+    distributed: dict | None = None   # world size, backend, seconds and bytes communicated (rank's own)
 
     @property
     def target_params_before(self) -> int:

@@ -104,17 +104,28 @@ class StatsCollector:
             st["abs_max"] = torch.zeros(n, dtype=torch.float64, device=device)
         return st
 
-    def finalize(self) -> dict[str, dict]:
-        """Per module: {'gram', 'abs_mean', 'abs_max', 'tokens'}; raises naming the module
-        if a statistic is non-finite (NaN/Inf activations) or the module never ran."""
+    def check_ran(self) -> None:
         missing = [n for n in self.modules if n not in self.stats]
         if missing:
             raise RuntimeError(f"no activations reached {missing[:5]}{'...' if len(missing) > 5 else ''}")
+
+    def raw(self) -> dict[str, dict]:
+        """The running sums by leader (what a distributed group reduces before finalize)."""
+        self.check_ran()
+        return {lead: self.stats[lead] for lead in dict.fromkeys(self.leader[n] for n in self.modules)}
+
+    def finalize(self, raw: dict[str, dict | None] | None = None) -> dict[str, dict]:
+        """Per module: {'gram', 'abs_mean', 'abs_max', 'tokens'}; raises naming the module
+        if a statistic is non-finite (NaN/Inf activations) or the module never ran. `raw`
+        (from raw(), reduced by a group): only the leaders it still holds are finalized."""
+        self.check_ran()
         out, done = {}, {}
         for name in self.modules:
             lead = self.leader[name]
+            if raw is not None and raw.get(lead) is None:
+                continue  # another rank owns this group
             if lead not in done:
-                done[lead] = self._final(lead, self.stats[lead])
+                done[lead] = self._final(lead, self.stats[lead] if raw is None else raw[lead])
             out[name] = done[lead]
         return out
 

@@ -35,13 +35,53 @@ def _notes(prepared) -> dict:
     return dict(getattr(first, "notes", None) or {})
 
 
-def apply_block(targets: list[Target], stats: dict, cfg, method, report: Report, owned: bool = False) -> None:
-    """Decompose a block's targets with their (shared) prepared statistics, all at once so
-    that same-shaped SVDs share one batched call, and swap them in. `owned`: the statistics
+def apply_block(targets: list[Target], stats: dict, cfg, method, report: Report, owned: bool = False,
+                group=None, owner_of: dict[str, int] | None = None) -> None:
+    """Decompose a block's targets and swap LowRankLinear in; the modules' reports are added
+    to `report` in target order. With a distributed `group`, each rank decomposes the targets
+    `owner_of` gives it (their statistics are on it), then every owner broadcasts its stored
+    factors and every rank swaps them in (pipeline/group.py)."""
+    if group is None or not group.distributed:
+        report.modules.extend(_decompose_and_swap(targets, stats, cfg, method, owned))
+        return
+    mine = [t for t in targets if owner_of[t.name] == group.rank]
+    entries: list[ModuleReport] = []
+    with group.agree(f"decomposing {', '.join(t.name for t in mine) or 'nothing'}"):
+        entries = _decompose_and_swap(mine, stats, cfg, method, owned)
+    for t in targets:
+        _share_factors(t, owner_of[t.name], group)
+    by_name = {e.name: e for part in group.gather_objects(entries) for e in part}
+    report.modules.extend(by_name[t.name] for t in targets)
+
+
+def _share_factors(t: Target, src: int, group) -> None:
+    """The owner's stored factors to every rank; the others swap them in."""
+    if src == group.rank:
+        new = getattr(t.parent, t.attr)
+        group.broadcast_(new.A.data, src)
+        group.broadcast_(new.B.data, src)
+        return
+    w = t.module.weight
+    m, n = t.shape
+    k = rank.rank_for_ratio(m, n, t.ratio)
+    A = torch.empty(m, k, dtype=w.dtype, device=w.device)
+    B = torch.empty(k, n, dtype=w.dtype, device=w.device)
+    group.broadcast_(A, src)
+    group.broadcast_(B, src)
+    setattr(t.parent, t.attr, LowRankLinear.from_factors(A, B, t.module.bias, dtype=w.dtype))
+    t.module = None
+
+
+def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: bool) -> list[ModuleReport]:
+    """Decompose targets with their (shared) prepared statistics, all at once so that
+    same-shaped SVDs share one batched call, and swap them in. `owned`: the statistics
     are this call's to change (the block loop's, not a caller's): each fp64 Gram is replaced
     by the fp32 copy the reported error uses as soon as its weighting is prepared, and each
     weighting goes once the SVDs are done (Qwen2.5-0.5B's down_proj: 189 MB of Gram and
     189 MB of whitening factor fewer at the block's peak)."""
+    out: list[ModuleReport] = []
+    if not targets:
+        return out
     t0 = time.perf_counter()
     prepared: dict[str, object] = {}
     jobs, keys = [], []
@@ -80,8 +120,9 @@ def apply_block(targets: list[Target], stats: dict, cfg, method, report: Report,
         new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=dtype)
         setattr(t.parent, t.attr, new)
         t.module = None  # the target list outlives this call: let the dense weight go now
-        report.modules.append(ModuleReport(
+        out.append(ModuleReport(
             t.name, (m, n), k, m * n + bias, rank.lowrank_params(m, n, k) + bias,
             float(D.norm() / W.norm()), _out_error(W, D, stats.get(t.name, {}).get("gram")),
             {**notes[keys[i]], **({"balanced_split": True} if balanced else {})},
             shared_s + time.perf_counter() - t0))
+    return out

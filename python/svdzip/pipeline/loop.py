@@ -19,7 +19,7 @@ blocks are only decomposed and written, no hidden states flow.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..calibration.collector import StatsCollector
 from ..report import Report
 from .decompose import apply_block
+from .group import Single, owner_groups
 from .layout import block_tensors
 from .memory import release_freed_memory
 from .streams import Streams
@@ -41,16 +42,32 @@ class Job:
     dense_inputs: bool
     progress: bool = True
     stats: dict | None = None  # given beforehand (Fisher): no collection, no forwards needed
+    group: object = field(default_factory=Single)  # who sees which windows, who owns which module
+
+
+def owner_of_map(targets, leader_of: dict[str, str], group) -> dict[str, int]:
+    owners = group.owners(owner_groups(targets, leader_of))
+    return {t.name: owners[leader_of.get(t.name, t.name)] for t in targets}
 
 
 @torch.no_grad()
 def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance: bool):
-    """The block's statistics; `advance`: its outputs (dense, one-shot) replace the streams'
-    hidden states on the way (else they are not kept at all)."""
-    with StatsCollector({t.name: t.module for t in targets}, job.kinds,
-                        gram_products=job.config.gram_products) as col:
-        streams.run(layer, i, device, on_batch=col.new_pass, outputs="replace" if advance else "none")
-        return col.finalize()
+    """(the block's statistics, {module: owner rank}); `advance`: its outputs (dense, one-shot)
+    replace the streams' hidden states on the way (else they are not kept at all). In a
+    distributed group each rank runs its share of the windows and the sums meet at the owners."""
+    group = job.group
+    with group.agree(f"collecting block {i}'s statistics"):
+        with StatsCollector({t.name: t.module for t in targets}, job.kinds,
+                            gram_products=job.config.gram_products) as col:
+            streams.run(layer, i, device, on_batch=col.new_pass, outputs="replace" if advance else "none")
+        raw = col.raw()
+    if not group.distributed:
+        return col.finalize(), None
+    owners = group.owners(owner_groups(targets, col.leader))
+    group.reduce_stats(raw, owners)
+    with group.agree(f"finishing block {i}'s statistics"):
+        stats = col.finalize(raw)
+    return stats, {t.name: owners[col.leader[t.name]] for t in targets}
 
 
 def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0) -> None:
@@ -66,18 +83,21 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
             t0 = time.perf_counter()
             if job.stats is None:
                 advanced = forward and job.dense_inputs  # one-shot: the statistics pass advances
-                stats = _collect(layer, blocks[i], streams, i, source.device, job, advanced)
+                stats, owner_of = _collect(layer, blocks[i], streams, i, source.device, job, advanced)
             else:
                 stats = job.stats
+                owner_of = owner_of_map(blocks[i], {n: st.get("leader", n) for n, st in stats.items()}, job.group)
             job.report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
-            apply_block(blocks[i], stats, job.config, job.method, job.report, owned=job.stats is None)
+            apply_block(blocks[i], stats, job.config, job.method, job.report, owned=job.stats is None,
+                        group=job.group, owner_of=owner_of)
             stats = None
             release_freed_memory()
             job.report.seconds_decompose += time.perf_counter() - t0
         t0 = time.perf_counter()
         if forward and not advanced:
-            streams.run(layer, i, source.device, outputs="replace")
+            with job.group.agree(f"running block {i}"):
+                streams.run(layer, i, source.device, outputs="replace")
         elif not forward:
             streams.hidden = []  # no block after this one is compressed: nothing needs them
         job.report.seconds_stats += time.perf_counter() - t0

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .. import rank
 from ..calibration.collector import StatsCollector
 from . import replay
+from .group import Single
 from .streams import Streams
 from .walk import by_block
 
@@ -61,11 +62,16 @@ def _perplexity(head, hidden: list[torch.Tensor], tokens: torch.Tensor, device) 
 
 
 @torch.no_grad()
-def _block_stats(layer, b: int, targets, full: Streams, cfg, kinds, device) -> dict:
-    """The block's statistics on the dense full calibration set; advances `full` past it."""
-    with StatsCollector({t.name: t.module for t in targets}, kinds, gram_products=cfg.gram_products) as col:
-        full.run(layer, b, device, on_batch=col.new_pass, outputs="replace")
-        return col.finalize()
+def _block_stats(layer, b: int, targets, full: Streams, cfg, kinds, device, group) -> dict:
+    """The block's statistics on the dense full calibration set (this rank's share, summed
+    over the ranks: every rank needs them all); advances `full` past it."""
+    with group.agree(f"collecting block {b}'s statistics for the trials"):
+        with StatsCollector({t.name: t.module for t in targets}, kinds, gram_products=cfg.gram_products) as col:
+            full.run(layer, b, device, on_batch=col.new_pass, outputs="replace")
+        raw = col.raw()
+    group.all_reduce_stats(raw)
+    with group.agree(f"finishing block {b}'s statistics for the trials"):
+        return col.finalize(raw)
 
 
 @torch.no_grad()
@@ -93,16 +99,22 @@ def _start_trials(targets, stats: dict, cfg, method, layer, dense, args, live: d
 @torch.no_grad()
 def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens: torch.Tensor,
                 kinds, stats: dict | None = None, batch_size: int = 1, progress: bool = True,
-                trial_memory: int = DEFAULT_TRIAL_MEMORY) -> dict:
+                trial_memory: int = DEFAULT_TRIAL_MEMORY, group=None) -> dict:
     """{"dense_ppl": p, "ppl": {module: {ratio: ppl}}, "sweeps": n} on slice `tokens`.
-    `source` must hold its resident parts (embeddings) on entry; it holds them again on exit."""
+    `source` must hold its resident parts (embeddings) on entry; it holds them again on exit.
+    With a distributed `group`, the trials are dealt round-robin to the ranks (each runs the
+    whole slice for its own), the statistics are summed from every rank's share of the
+    calibration, and the table is gathered: every rank returns the whole table."""
     t0 = time.perf_counter()
+    group = group or Single()
     model, layers, device = source.model, source.layers, source.device
+    mine = {t.name for j, t in enumerate(targets) if j % group.world == group.rank}
     blocks = by_block(targets)
     dense, slice_args = replay.capture(model, layers, tokens, store=source.store)
     full = None
     if stats is None and kinds:
-        hidden, args = replay.capture(model, layers, calibration, store=source.store, batch_size=batch_size)
+        share = calibration[group.share(calibration.shape[0])]
+        hidden, args = replay.capture(model, layers, share, store=source.store, batch_size=batch_size)
         full = Streams(hidden, args, batch_size)
     source.drop_resident()
     groups = sweep_groups(blocks, len(cfg.sensitivity_ratios), _nbytes(dense), trial_memory)
@@ -111,7 +123,7 @@ def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens:
               f"{trial_memory / 2**30:.2f} GiB at a time)")
     table: dict[str, dict[float, float]] = {t.name: {} for t in targets}
     dense_ppl = None
-    bar = tqdm(total=len(targets) * len(cfg.sensitivity_ratios), desc="sensitivity trials",
+    bar = tqdm(total=len(mine) * len(cfg.sensitivity_ratios), desc="sensitivity trials",
                disable=not progress, leave=False)
     for g, (first, stop) in enumerate(groups):
         live: dict = {}
@@ -123,10 +135,13 @@ def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens:
             if b < stop:
                 if b in blocks:
                     block_stats = stats if full is None else _block_stats(
-                        layer, b, blocks[b], full, cfg, kinds, device)
-                    _start_trials(blocks[b], block_stats, cfg, method, layer, carry, slice_args[b], live, bar)
-                elif full is not None:
-                    full.run(layer, b, device, outputs="replace")  # a target-free block before a later target
+                        layer, b, blocks[b], full, cfg, kinds, device, group)
+                    with group.agree(f"running block {b}'s trials"):
+                        _start_trials([t for t in blocks[b] if t.name in mine], block_stats, cfg, method,
+                                      layer, carry, slice_args[b], live, bar)
+                elif full is not None:  # a target-free block before a later target
+                    with group.agree(f"running block {b}"):
+                        full.run(layer, b, device, outputs="replace")
             if b < stop or g == 0:  # the first sweep carries the dense slice to the end: dense ppl
                 carry = replay.run_block(layer, carry, slice_args[b])
                 if b == stop - 1:
@@ -143,5 +158,8 @@ def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens:
             source.drop_resident()
         dense = following
     bar.close()
+    if group.distributed:
+        for part in group.gather_objects({n: v for n, v in table.items() if n in mine}):
+            table.update(part)
     return {"dense_ppl": dense_ppl, "ppl": table, "sweeps": len(groups),
             "seconds": time.perf_counter() - t0}

@@ -1,0 +1,230 @@
+"""Who sees which windows and who decomposes which module: the block loop's `group` part.
+
+`Single` is one process: every window and every module are its own, and nothing is
+communicated. `Distributed` runs on a torch.distributed process group (gloo or nccl, started by
+torchrun or by the caller): the calibration windows are split into contiguous shares, one per
+rank; a block's statistics (all sums, and a max for max|x|) are reduced to the owner of each
+shared-input group, owners being chosen by greedy bin-packing on the decomposition cost; the
+owner decomposes and broadcasts the stored factors; every rank swaps them in and propagates its
+own share. Every collective of a block is reached by every rank in the same order, and work
+that can fail runs inside `agree(...)`, so one rank's error ends every rank with that rank's
+message instead of leaving the others waiting; a rank that dies outright ends the others at the
+process group's timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import time
+
+import torch
+
+
+class RankFailed(RuntimeError):
+    """Raised on every other rank when one rank fails: names that rank and its message."""
+
+
+def owner_groups(targets, leader_of: dict[str, str]) -> dict[str, list]:
+    """Targets grouped by the module whose statistics they share (q/k/v; gate/up), in order."""
+    groups: dict[str, list] = {}
+    for t in targets:
+        groups.setdefault(leader_of.get(t.name, t.name), []).append(t)
+    return groups
+
+
+def decompose_cost(members) -> float:
+    """FLOPs, up to a constant: the shared weighting (n³: Cholesky / eigendecomposition of the
+    Gram) and each member's SVD (m·n·min(m, n))."""
+    n = members[0].shape[1]
+    return float(n) ** 3 + sum(float(m) * k * min(m, k) for m, k in (t.shape for t in members))
+
+
+def assign_owners(groups: dict[str, list], world: int) -> dict[str, int]:
+    """{leader: rank} by greedy bin-packing: the costliest group goes to the least loaded rank
+    (ties: the lower rank, then the earlier group), so every rank computes the same map."""
+    order = sorted(groups, key=lambda g: (-decompose_cost(groups[g]), list(groups).index(g)))
+    load = [(0.0, r) for r in range(world)]
+    owners = {}
+    for g in order:
+        used, r = heapq.heappop(load)
+        owners[g] = r
+        heapq.heappush(load, (used + decompose_cost(groups[g]), r))
+    return owners
+
+
+def shares(n: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) window ranges, sizes differing by at most one."""
+    if n < world:
+        raise ValueError(f"{n} calibration windows for {world} ranks: every rank needs at least one "
+                         f"window (use --n-samples >= {world} or fewer processes)")
+    base, extra = divmod(n, world)
+    bounds = [0]
+    for r in range(world):
+        bounds.append(bounds[-1] + base + (r < extra))
+    return list(zip(bounds, bounds[1:]))
+
+
+class Single:
+    """One process: the trivial group."""
+    rank, world, distributed = 0, 1, False
+
+    def __init__(self) -> None:
+        self.comm_seconds, self.comm_bytes = 0.0, 0
+
+    def share(self, n: int) -> slice:
+        return slice(0, n)
+
+    @contextlib.contextmanager
+    def agree(self, what: str):
+        yield
+
+    def owners(self, groups: dict[str, list]) -> dict[str, int]:
+        return dict.fromkeys(groups, 0)
+
+    def reduce_stats(self, raw: dict[str, dict], owners: dict[str, int]) -> None:
+        pass
+
+    def all_reduce_(self, tensors, op=None) -> None:
+        pass
+
+    def all_reduce_stats(self, raw: dict[str, dict]) -> None:
+        pass
+
+    def broadcast_(self, tensor: torch.Tensor, src: int) -> None:
+        pass
+
+    def gather_objects(self, obj) -> list:
+        return [obj]
+
+    def broadcast_object(self, obj, src: int = 0):
+        return obj
+
+    def summary(self) -> dict | None:
+        return None
+
+
+SUM_KEYS = ("tokens", "gram", "abs_sum", "fisher")
+MAX_KEYS = ("abs_max",)
+
+
+class Distributed(Single):
+    """A torch.distributed process group (default: the world)."""
+    distributed = True
+
+    def __init__(self, process_group=None) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("Distributed needs an initialised torch.distributed process group "
+                               "(torchrun sets one up; or call torch.distributed.init_process_group)")
+        super().__init__()
+        self.dist, self.pg = dist, process_group
+        self.rank = dist.get_rank(process_group)
+        self.world = dist.get_world_size(process_group)
+        self.backend = dist.get_backend(process_group)
+        self.windows: list[int] | None = None  # this rank's share of the calibration, once split
+
+    # --- data ---------------------------------------------------------------------------
+    def share(self, n: int) -> slice:
+        start, stop = shares(n, self.world)[self.rank]
+        self.windows = [start, stop]
+        return slice(start, stop)
+
+    # --- failure ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def agree(self, what: str):
+        """Run the body; then every rank learns whether any rank failed in it. The failing rank
+        re-raises its own exception, the others raise RankFailed naming it and its message."""
+        error = None
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - handed to every rank, then re-raised
+            error = e
+        said = self.gather_objects(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        failed = [(r, m) for r, m in enumerate(said) if m is not None]
+        if failed:
+            r, m = failed[0]
+            raise RankFailed(f"rank {r} of {self.world} failed while {what}: {m}")
+
+    # --- collectives --------------------------------------------------------------------
+    def _timed(self, fn, nbytes: int = 0):
+        t0 = time.perf_counter()
+        out = fn()
+        self.comm_seconds += time.perf_counter() - t0
+        self.comm_bytes += nbytes
+        return out
+
+    def owners(self, groups: dict[str, list]) -> dict[str, int]:
+        return assign_owners(groups, self.world)
+
+    def reduce_stats(self, raw: dict[str, dict], owners: dict[str, int]) -> None:
+        """Sum (max for max|x|) each leader's statistics onto its owner, in a fixed order;
+        the other ranks drop them."""
+        for leader in owners:
+            st, dst = raw[leader], owners[leader]
+            if not isinstance(st["tokens"], torch.Tensor):
+                st["tokens"] = torch.tensor(st["tokens"], dtype=torch.int64, device=st_device(st))
+            for key in SUM_KEYS + MAX_KEYS:
+                if key in st:
+                    op = self.dist.ReduceOp.MAX if key in MAX_KEYS else self.dist.ReduceOp.SUM
+                    t = st[key]
+                    self._timed(lambda: self.dist.reduce(t, op=op, group=self.pg, group_dst=dst),
+                                t.numel() * t.element_size())
+            st["tokens"] = int(st["tokens"])
+            if dst != self.rank:
+                raw[leader] = None
+
+    def all_reduce_(self, tensors, op=None) -> None:
+        """Sums (or `op`) in place on every rank (FWSVD's Fisher sums)."""
+        op = self.dist.ReduceOp.SUM if op is None else op
+        for t in tensors:
+            self._timed(lambda: self.dist.all_reduce(t, op=op, group=self.pg), t.numel() * t.element_size())
+
+    def all_reduce_stats(self, raw: dict[str, dict]) -> None:
+        """Every leader's statistics summed (max for max|x|) onto every rank (the trials)."""
+        for st in raw.values():
+            st["tokens"] = torch.tensor(st["tokens"], dtype=torch.int64, device=st_device(st))
+            for key in SUM_KEYS + MAX_KEYS:
+                if key in st:
+                    self.all_reduce_([st[key]], self.dist.ReduceOp.MAX if key in MAX_KEYS else None)
+            st["tokens"] = int(st["tokens"])
+
+    def broadcast_(self, tensor: torch.Tensor, src: int) -> None:
+        self._timed(lambda: self.dist.broadcast(tensor, group=self.pg, group_src=src),
+                    tensor.numel() * tensor.element_size())
+
+    def gather_objects(self, obj) -> list:
+        out = [None] * self.world
+        self._timed(lambda: self.dist.all_gather_object(out, obj, group=self.pg))
+        return out
+
+    def broadcast_object(self, obj, src: int = 0):
+        box = [obj]
+        self._timed(lambda: self.dist.broadcast_object_list(box, group=self.pg, group_src=src))
+        return box[0]
+
+    def summary(self) -> dict:
+        return {"world": self.world, "rank": self.rank, "backend": self.backend, "windows": self.windows,
+                "comm_seconds": self.comm_seconds, "comm_bytes": self.comm_bytes}
+
+
+def st_device(st: dict):
+    for v in st.values():
+        if isinstance(v, torch.Tensor):
+            return v.device
+    return "cpu"
+
+
+def from_environment(process_group=None):
+    """The group to use: `process_group` if given, the initialised default group if there is
+    one with more than one rank, else Single."""
+    import torch.distributed as dist
+
+    if process_group is not None:
+        return Distributed(process_group)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return Distributed()
+    return Single()

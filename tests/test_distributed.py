@@ -1,0 +1,197 @@
+"""Distributed compression on torch.distributed (gloo, CPU): 2 and 3 ranks started by the test
+(as torchrun would), every method, one-shot and sequential, three architectures: factors equal
+to the one-process run within 1e-10 relative (the sums meet in another order), directories
+that load to the same logits, one rank's failure ending every rank with its message, and too
+few windows refused before any work."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import svdzip as sz
+from svdzip.config import CONFIGS
+from svdzip.pipeline.group import assign_owners, owner_groups, shares
+from svdzip.pipeline.walk import find_targets
+
+from tiny_models import calib, tiny
+
+TESTS = Path(__file__).resolve().parent
+WORKER = TESTS / "dist_worker.py"
+METHODS = ["svd", "fwsvd", "asvd", "svd_llm", "nsvd", "ressvd"]
+SENSITIVITY = dict(method="svd_llm", ratio=0.6, allocation="sensitivity", sensitivity_ratios=[0.3, 0.6, 0.9],
+                   sensitivity_seqlen=16, sensitivity_windows=2)
+WINDOWS = 5  # 5 windows: 3 + 2 on two ranks, 2 + 2 + 1 on three (uneven shares)
+
+
+def _cases(archs) -> list[dict]:
+    """float64 models, so that the factors can be compared at 1e-10; one float32 case (what users
+    run), compared at fp32's rounding."""
+    cases = [{"name": f"{arch}-{m}-{'seq' if seq else 'oneshot'}", "arch": arch, "windows": WINDOWS,
+              "dtype": "float64", "config": {"method": m, "ratio": 0.6, "sequential": seq}}
+             for arch in archs for m in METHODS for seq in (False, True)
+             if not (seq and m == "fwsvd")]  # FWSVD's Fisher needs the whole model: one-shot only
+    cases.append({"name": "llama-sensitivity", "arch": "llama", "windows": WINDOWS, "dtype": "float64",
+                  "config": SENSITIVITY})
+    cases.append({"name": "llama-nsvd-fp32", "arch": "llama", "windows": WINDOWS, "dtype": "float32",
+                  "config": {"method": "nsvd", "ratio": 0.6, "sequential": True}})
+    return cases
+
+
+CASES = {2: _cases(["llama", "qwen2", "gemma3"]), 3: _cases(["llama"])}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world: int, *args, timeout: float = 300, env=None) -> list[tuple[int, str]]:
+    """Start `world` ranks of dist_worker.py; (exit code, stderr) per rank. Fails the test if
+    they do not all end within `timeout` seconds (then kills them)."""
+    port = _free_port()
+    procs = []
+    for r in range(world):
+        e = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **(env or {})}
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=e,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=max(deadline - time.monotonic(), 1))
+            results.append((p.returncode, err))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{world} ranks did not finish within {timeout} s")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every case run once per world size (one process start per rank for all of them)."""
+    out = {}
+    for world, cases in CASES.items():
+        d = tmp_path_factory.mktemp(f"world{world}")
+        spec = d / "cases.json"
+        spec.write_text(json.dumps(cases))
+        res = launch(world, "cases", d, spec, env={"SVDZIP_CACHE": str(d / "cache")})
+        for r, (rc, err) in enumerate(res):
+            assert rc == 0, f"rank {r} of {world} exited {rc}:\n{err[-3000:]}"
+        out[world] = d
+    return out
+
+
+def _single(case: dict, tmp_path, monkeypatch):
+    monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path / "cache"))
+    spec = dict(case["config"])
+    model = tiny(case["arch"]).to(getattr(torch, case.get("dtype", "float32")))
+    rep = sz.compress(model, CONFIGS[spec.pop("method")](**spec), calib(case["windows"]), progress=False)
+    return model, rep
+
+
+def _sign_aligned(got: dict, ref: dict, name: str) -> torch.Tensor:
+    """got[name] with each rank-1 component (A's column j with B's row j: same product) given
+    the sign of the reference's; rounding can flip an SVD's choice of sign for a component."""
+    base = name[:-2]
+    s = torch.sign((got[base + ".A"] * ref[base + ".A"]).sum(0))
+    s[s == 0] = 1
+    return got[name] * (s if name.endswith(".A") else s[:, None])
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm()) if b.norm() > 0 else float((a - b).norm())
+
+
+@pytest.mark.parametrize("world, case", [(w, c) for w, cs in CASES.items() for c in cs],
+                         ids=lambda v: v if isinstance(v, int) else v["name"])
+def test_distributed_equals_one_process(runs, world, case, tmp_path, monkeypatch):
+    model, rep = _single(case, tmp_path, monkeypatch)
+    tol = 1e-10 if case["dtype"] == "float64" else 1e-6  # fp32: a rounding of the stored factors
+    d = runs[world]
+    ref = {k: v for k, v in model.state_dict().items()}
+    got = [load_file(str(d / f"{case['name']}.rank{r}.safetensors")) for r in range(world)]
+    assert set(got[0]) == set(ref), "the same modules are low-rank"
+    for name, want in ref.items():
+        for r in range(1, world):  # broadcast: every rank holds the very same factors
+            assert torch.equal(got[r][name], got[0][name]), f"rank {r} differs on {name}"
+        mine = got[0][name]
+        if name.endswith((".A", ".B")):  # a rank-1 component's sign is the SVD's own choice
+            mine = _sign_aligned(got[0], ref, name)
+        assert _rel(mine, want) <= tol, (name, _rel(mine, want))
+    loaded = sz.load_compressed(d / case["name"])
+    ids = calib(2)
+    with torch.no_grad():
+        a, b = loaded(ids).logits, model(ids).logits
+    assert a.dtype == b.dtype and _rel(a, b) <= 10 * tol
+    info = json.loads((d / f"{case['name']}.report.json").read_text())
+    assert info["world"] == world and info["backend"] == "gloo"
+    if case["config"]["method"] != "svd":  # rank 0 saw only its share of the windows
+        assert info["comm_bytes"] > 0 and info["windows"] == [0, -(-WINDOWS // world)]
+
+
+def test_owners_by_greedy_bin_packing():
+    model = tiny("llama")
+    _, targets = find_targets(model, sz.SVDLLMConfig(ratio=0.6))
+    block0 = [t for t in targets if ".layers.0." in t.name]
+    leader = {t.name: t.name for t in block0}
+    for t in block0:  # q/k/v share one input, gate/up another
+        if t.attr in ("k_proj", "v_proj"):
+            leader[t.name] = t.name.replace(t.attr, "q_proj")
+        if t.attr == "up_proj":
+            leader[t.name] = t.name.replace("up_proj", "gate_proj")
+    groups = owner_groups(block0, leader)
+    assert len(groups) == 4
+    owners = assign_owners(groups, 2)
+    assert set(owners.values()) == {0, 1}  # both ranks get work
+    assert owners == assign_owners(groups, 2)  # deterministic
+    assert set(assign_owners(groups, 1).values()) == {0}
+
+
+def test_shares_are_contiguous_and_uneven_by_at_most_one():
+    assert shares(5, 2) == [(0, 3), (3, 5)]
+    assert shares(5, 3) == [(0, 2), (2, 4), (4, 5)]
+    with pytest.raises(ValueError, match="2 calibration windows for 3 ranks"):
+        shares(2, 3)
+
+
+def _cases_file(tmp_path, cases) -> Path:
+    p = tmp_path / "cases.json"
+    p.write_text(json.dumps(cases))
+    return p
+
+
+def test_more_ranks_than_windows_is_refused_before_any_work(tmp_path):
+    case = {"name": "few", "arch": "llama", "windows": 2, "config": {"method": "svd_llm", "ratio": 0.6}}
+    res = launch(3, "cases", tmp_path, _cases_file(tmp_path, [case]), timeout=120)
+    for r, (rc, err) in enumerate(res):
+        assert rc != 0 and "2 calibration windows for 3 ranks" in err, (r, err[-2000:])
+    assert not list(tmp_path.glob("few*.safetensors"))
+
+
+def test_a_rank_raising_ends_every_rank_with_its_message(tmp_path):
+    res = launch(2, "fail", tmp_path, "raise", timeout=120)
+    assert res[1][0] != 0 and "injected failure in block 1" in res[1][1]
+    assert res[0][0] != 0
+    assert "rank 1 of 2 failed while" in res[0][1] and "injected failure in block 1" in res[0][1], res[0][1][-2000:]
+
+
+def test_a_rank_dying_ends_the_others_nonzero_within_the_timeout(tmp_path):
+    t0 = time.monotonic()
+    res = launch(2, "fail", tmp_path, "die", timeout=120, env={"DIST_TIMEOUT": "20"})
+    assert res[1][0] == 3
+    assert res[0][0] != 0, "rank 0 must not succeed when rank 1 died"
+    assert time.monotonic() - t0 < 100
