@@ -3,6 +3,8 @@ RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
 
     python dist_worker.py cases OUT CASES_JSON   compress each case; every rank saves its
                                                  factors (rank 0 also the directory)
+    python dist_worker.py offload OUT CASES_JSON compress_checkpoint each case (die_after: exit
+                                                 after that block, to test resume)
     python dist_worker.py fail OUT MODE          MODE: raise (rank 1 raises in block 1's
                                                  statistics) | die (rank 1 exits mid-block)
 """
@@ -45,6 +47,27 @@ def run_cases(out: Path, cases: list[dict]) -> None:
             (out / f"{case['name']}.report.json").write_text(json.dumps(rep.distributed))
 
 
+def run_offloaded(out: Path, cases: list[dict]) -> None:
+    """Each case: compress_checkpoint(case["checkpoint"], out / name); with "die_after": every
+    rank exits (code 9) right after writing that block, as a killed run would."""
+    from svdzip.offload import compress_checkpoint
+    from svdzip.pipeline import sink
+
+    for case in cases:
+        if case.get("die_after") is not None:
+            original = sink.ShardSink.write
+
+            def write(self, i, *args, _orig=original, _at=case["die_after"]):
+                _orig(self, i, *args)
+                if i == _at:
+                    os._exit(9)
+            sink.ShardSink.write = write
+        rep = compress_checkpoint(case["checkpoint"], out / case["name"], config(case["config"]),
+                                  calib(case["windows"]), progress=False, trial_memory=1)
+        if dist.get_rank() == 0:
+            (out / f"{case['name']}.report.json").write_text(json.dumps(rep.distributed))
+
+
 def run_failure(out: Path, mode: str) -> None:
     from svdzip.pipeline import streams
 
@@ -68,6 +91,8 @@ def main() -> None:
     try:
         if what == "cases":
             run_cases(out, json.loads(Path(sys.argv[3]).read_text()))
+        elif what == "offload":
+            run_offloaded(out, json.loads(Path(sys.argv[3]).read_text()))
         else:
             run_failure(out, sys.argv[3])
     finally:

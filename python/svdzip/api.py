@@ -94,6 +94,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     large_buffers_mmapped()
     kinds = methods.required_stats(config)
     group = from_environment(process_group)
+    progress = progress and group.rank == 0
     if stats is not None and config.sequential:
         raise ValueError("stats= holds one-shot statistics; sequential=True collects its own")
     if stats is not None and group.distributed:

@@ -24,6 +24,7 @@ from .calibration.fisher import row_fisher_blockwise
 from .config import CompressConfig
 from .dtypes import dtype_name
 from .pipeline import budget, loop, replay
+from .pipeline.group import from_environment
 from .pipeline.layout import planned_block, planned_rank_map, resident_tensors
 from .pipeline.memory import large_buffers_mmapped
 from .pipeline.shards import DEFAULT_SHARD_SIZE, Plan, group_entries
@@ -35,26 +36,31 @@ from .pipeline.walk import by_block, find_targets
 from .report import Report
 
 
-def _fisher_pass(sink: ShardSink, source: Offloaded, targets, calibration, batch_size, progress) -> dict:
-    """FWSVD's Fisher sums, by a block-wise backward (calibration/fisher.py), kept for a resume."""
+def _fisher_pass(sink: ShardSink, source: Offloaded, targets, calibration, batch_size, progress, group) -> dict:
+    """FWSVD's Fisher sums, by a block-wise backward (calibration/fisher.py) of this rank's
+    share, summed over the ranks; kept for a resume."""
     def compute():
-        hidden, block_args = replay.capture(source.model, source.layers, calibration, store=source.store,
-                                            batch_size=batch_size)
-        stats = row_fisher_blockwise(source, targets, hidden, block_args, calibration,
-                                     sink.state / "fisher-spill", progress)
-        source.onload_resident()
-        return {"tokens": {n: st["tokens"] for n, st in stats.items()}}, {n: st["fisher"] for n, st in stats.items()}
+        with group.agree("computing Fisher sums"):
+            hidden, block_args = replay.capture(source.model, source.layers, calibration, store=source.store,
+                                                batch_size=batch_size)
+            spill = sink.state / ("fisher-spill" + (f"-rank{group.rank}" if group.distributed else ""))
+            stats = row_fisher_blockwise(source, targets, hidden, block_args, calibration, spill, progress)
+            source.onload_resident()
+        names = sorted(stats)
+        tokens = torch.tensor([stats[n]["tokens"] for n in names], dtype=torch.int64)
+        group.all_reduce_([stats[n]["fisher"] for n in names] + [tokens])
+        return {"tokens": dict(zip(names, tokens.tolist()))}, {n: stats[n]["fisher"] for n in names}
 
     tokens, fisher = sink.remembered("fisher", compute)
     return {n: {"fisher": f, "tokens": tokens["tokens"][n]} for n, f in fisher.items()}
 
 
 def _allocation_pass(sink: ShardSink, source: Offloaded, targets, stats, config, method, calibration,
-                     kinds, batch_size, progress, trial_memory):
+                     kinds, batch_size, progress, trial_memory, group):
     """Sensitivity allocation by sweeps over the offloaded blocks, kept for a resume."""
     def compute():
         _, info = allocation.allocate_by_sensitivity(source, targets, stats, config, method, calibration,
-                                                     kinds, batch_size, progress, trial_memory)
+                                                     kinds, batch_size, progress, trial_memory, group)
         return info, None
 
     info, _ = sink.remembered("allocation", compute)
@@ -71,37 +77,44 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
                         device="cpu", dtype: torch.dtype | None = None, batch_size: int = 1,
                         shard_size: int = DEFAULT_SHARD_SIZE, max_memory: int | None = None,
                         tokenizer=None, progress: bool = True, calibration_info: dict | None = None,
-                        trial_memory: int = DEFAULT_TRIAL_MEMORY) -> Report:
+                        trial_memory: int = DEFAULT_TRIAL_MEMORY, process_group=None) -> Report:
     """Compress the checkpoint directory `path` into `out` one block at a time (see module doc).
     An interrupted run leaves `out`.partial/; the same call resumes it (refusing, with the
     reason, if the checkpoint, config, calibration or options differ). FWSVD's Fisher sums come
     from a block-wise backward; allocation="sensitivity" from sweeps whose trial hidden states
-    stay under `trial_memory` bytes (pipeline/trials.py)."""
+    stay under `trial_memory` bytes (pipeline/trials.py). Under torch.distributed every rank
+    reads the blocks from the checkpoint and runs its share of the windows; rank 0 writes the
+    output; every rank keeps its share's hidden states in `out`.partial/ for a resume (with
+    the same number of ranks)."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     t_start = time.perf_counter()
     method, kinds = methods.get(config.method), methods.required_stats(config)
     large_buffers_mmapped()
     _check_calibration(config, calibration)
+    group = from_environment(process_group)
+    share = calibration[group.share(calibration.shape[0])]  # fails before any work if too few windows
+    progress = progress and group.rank == 0
     source = Offloaded(path, device, dtype)
     _, targets = find_targets(source.model, config)
     sensitivity = config.allocation == "sensitivity"
     need = budget.estimate(source, by_block(targets), calibration.shape, batch_size, kinds, config.gram_products,
                            trials=trial_memory if sensitivity else 0)
-    print(budget.describe(need, source.device))
+    if group.rank == 0:
+        print(budget.describe(need, source.device))
     if max_memory is not None and need["total"] > max_memory:
         raise MemoryError(f"expected peak {budget.gib(need['total'])} exceeds max_memory "
                           f"{budget.gib(max_memory)}; refusing to start (lower --n-samples or "
                           f"--batch-size, or allow more memory)")
     options = {"dtype": dtype_name(source.dtype), "batch_size": batch_size, "device": source.device.type,
-               "shard_size": shard_size}
-    sink = ShardSink(out, _fingerprint(source, config, calibration, options))
+               "shard_size": shard_size, **({"ranks": group.world} if group.distributed else {})}
+    sink = ShardSink(out, _fingerprint(source, config, calibration, options), group)
     t0 = time.perf_counter()
-    stats = _fisher_pass(sink, source, targets, calibration, batch_size, progress) if "fisher" in kinds else None
+    stats = _fisher_pass(sink, source, targets, share, batch_size, progress, group) if "fisher" in kinds else None
     allocated = None
     if sensitivity:
         config, allocated = _allocation_pass(sink, source, targets, stats, config, method, calibration,
-                                             kinds, batch_size, progress, trial_memory)
+                                             kinds, batch_size, progress, trial_memory, group)
     prepass_s = time.perf_counter() - t0
     if allocated is not None:
         allocated["seconds_total"] = prepass_s
@@ -120,14 +133,14 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
                     dtype=dtype_name(source.dtype), allocation=allocated, seconds_stats=prepass_s,
                     calibration=_calibration_record(calibration, calibration_info))
     t0 = time.perf_counter()
-    hidden, block_args = replay.capture(source.model, source.layers, calibration, store=source.store,
+    hidden, block_args = replay.capture(source.model, source.layers, share, store=source.store,
                                         batch_size=batch_size, hidden_states=sink.start == 0 and stats is None)
     hidden = sink.resumed_hidden() if sink.start > 0 else hidden
     source.drop_resident()  # called before any block is onloaded: only embeddings, norm, head
     report.seconds_stats += time.perf_counter() - t0
-    if sink.start > 0:
+    if sink.start > 0 and group.rank == 0:
         print(f"resuming {sink.partial} at block {sink.start} of {len(source.layers)}")
-    job = loop.Job(config, method, kinds, report, not config.sequential, progress, stats)
+    job = loop.Job(config, method, kinds, report, not config.sequential, progress, stats, group)
     loop.run(source, blocks, Streams(hidden, block_args, batch_size), job, sink, start=sink.start)
     report.model_params_after = sum(math.prod(e.shape) for g in sink.plan.groups for e in g)
     report.seconds_total = time.perf_counter() - t_start
@@ -141,5 +154,6 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
         write_meta(directory, type(source.model).__name__, rank_map,
                    dtype_name(source.dtype), report)
 
+    report.distributed = group.summary()
     sink.finish(extras)
     return report

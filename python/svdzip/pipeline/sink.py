@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..report import ModuleReport
+from .group import Single
 from .shards import Entry, Plan, ShardWriter, replace_dir
 
 STATE = ".resume"
@@ -54,13 +55,24 @@ class ShardSink:
     before its first block (Fisher sums, a sensitivity allocation: `remembered`) is kept in
     `.resume/prepass/` and survives an interruption too."""
 
-    def __init__(self, out, fingerprint: dict) -> None:
+    def __init__(self, out, fingerprint: dict, group=None) -> None:
         self.out = Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.state = self.partial / STATE
         self.prepass_dir = self.state / PREPASS
         self.fingerprint = fingerprint
+        self.group = group or Single()
         self.start, self.modules, self._hidden_file = 0, [], None
+        with self.group.agree(f"opening {self.partial}"):
+            if self.group.rank == 0:
+                self._open_state()
+        # rank 0 owns the shards and the progress; every rank keeps its own share's hidden states
+        self.start, modules, self._hidden_file = self.group.broadcast_object(
+            (self.start, [dataclasses.asdict(m) for m in self.modules], self._hidden_file))
+        self.modules = [ModuleReport(**{**m, "shape": tuple(m["shape"])}) for m in modules]
+        self.state.mkdir(parents=True, exist_ok=True)
+
+    def _open_state(self) -> None:
         progress = self._read_progress()
         if progress is not None:
             self._check_same_run(progress["fingerprint"])
@@ -70,11 +82,12 @@ class ShardSink:
         elif self.partial.exists():
             self._keep_only_prepass()  # no block finished: only a matching prepass is worth keeping
         self.prepass_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.prepass_dir / "fingerprint.json", fingerprint)
+        _write_json(self.prepass_dir / "fingerprint.json", self.fingerprint)
 
     def open(self, plan: Plan) -> None:
         self.plan = plan
-        self.writer = ShardWriter(self.partial, plan, resume=self.start > 0)
+        if self.group.rank == 0:
+            self.writer = ShardWriter(self.partial, plan, resume=self.start > 0)
 
     def _keep_only_prepass(self) -> None:
         mark = self.prepass_dir / "fingerprint.json"
@@ -90,13 +103,21 @@ class ShardSink:
 
     def remembered(self, name: str, compute):
         """compute() -> (json-able object, {name: tensor} or None), run once per run: a resumed
-        run gets the saved result back, bit for bit, instead of recomputing it."""
+        run gets the saved result back, bit for bit, instead of recomputing it. Distributed:
+        every rank runs compute() (it may hold collectives), rank 0 keeps the result and hands
+        a kept one to the others."""
         meta, data = self.prepass_dir / f"{name}.json", self.prepass_dir / f"{name}.safetensors"
-        if meta.is_file():
+        kept = None
+        if self.group.rank == 0 and meta.is_file():
             from safetensors.torch import load_file
 
-            return json.loads(meta.read_text()), (load_file(str(data)) if data.is_file() else None)
+            kept = json.loads(meta.read_text()), (load_file(str(data)) if data.is_file() else None)
+        kept = self.group.broadcast_object(kept)
+        if kept is not None:
+            return kept
         obj, tensors = compute()
+        if self.group.rank != 0:
+            return obj, tensors
         if tensors is not None:
             from safetensors.torch import save_file
 
@@ -131,35 +152,51 @@ class ShardSink:
             return []  # stopped after the last compressed block: no forward is left to run
         from safetensors import safe_open
 
-        f = self.state / self._hidden_file
+        f = self.state / self._rank_file(self._hidden_file)
         with safe_open(str(f), framework="pt", device="cpu") as fh:
             return [fh.get_tensor(str(j)) for j in range(len(fh.keys()))]
 
+    def _rank_file(self, name: str) -> str:
+        """hidden-00003.safetensors, or hidden-00003.rank1.safetensors for rank 1 of a group."""
+        return name if not self.group.distributed else name.replace(".safetensors", f".rank{self.group.rank}.safetensors")
+
     def write_resident(self, tensors: dict[str, torch.Tensor]) -> None:
-        if self.start == 0:
+        if self.start == 0 and self.group.rank == 0:
             self.writer.write(0, tensors)
 
     def write(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor], modules) -> None:
-        """Block i's output tensors, then the state that lets a new process continue at i + 1."""
-        self.writer.write(i + 1, tensors)
+        """Block i's output tensors (rank 0), every rank's hidden states entering i + 1, then
+        the progress that lets a new process continue at i + 1 (rank 0, once all are written)."""
         name = f"hidden-{i + 1:05d}"
-        if hidden:
-            entries = [Entry(str(j), h.dtype, tuple(h.shape)) for j, h in enumerate(hidden)]
-            ShardWriter(self.state, Plan([entries], shard_size=1 << 62, stem=name)).write(
-                0, {str(j): h for j, h in enumerate(hidden)})
-        progress = {"fingerprint": self.fingerprint, "next_block": i + 1,
-                    "hidden": f"{name}.safetensors" if hidden else None,
-                    "modules": [dataclasses.asdict(m) for m in modules]}
-        _write_json(self.state / PROGRESS, progress)
-        for old in self.state.glob("hidden-*.safetensors"):
-            if old.name != progress["hidden"]:
+        with self.group.agree(f"writing block {i}"):
+            if self.group.rank == 0:
+                self.writer.write(i + 1, tensors)
+            if hidden:
+                stem = self._rank_file(f"{name}.safetensors")[:-len(".safetensors")]
+                entries = [Entry(str(j), h.dtype, tuple(h.shape)) for j, h in enumerate(hidden)]
+                ShardWriter(self.state, Plan([entries], shard_size=1 << 62, stem=stem)).write(
+                    0, {str(j): h for j, h in enumerate(hidden)})
+        current = f"{name}.safetensors" if hidden else None
+        if self.group.rank == 0:
+            progress = {"fingerprint": self.fingerprint, "next_block": i + 1, "hidden": current,
+                        "modules": [dataclasses.asdict(m) for m in modules]}
+            _write_json(self.state / PROGRESS, progress)
+        # every rank passed the agreement above, so rank 0's progress names block i or i + 1:
+        # in a group, files before block i can go; alone, all but the current one
+        keep = {current, f"hidden-{i:05d}.safetensors"} if self.group.distributed else {current}
+        keep = {self._rank_file(k) for k in keep if k}
+        for old in self.state.glob(self._rank_file("hidden-*.safetensors")):
+            if old.name not in keep:
                 old.unlink()
 
     def finish(self, write_extras) -> Path:
         """Index, then `write_extras(dir)` (config, tokenizer, svdzip_config.json), then the
-        resume state goes and OUT.partial becomes OUT (an existing OUT is replaced only now)."""
-        self.writer.write_index()
-        write_extras(self.partial)
-        shutil.rmtree(self.state)
-        replace_dir(self.partial, self.out)
+        resume state goes and OUT.partial becomes OUT (an existing OUT is replaced only now).
+        In a group, rank 0 does it and the others learn whether it worked."""
+        with self.group.agree(f"finishing {self.out}"):
+            if self.group.rank == 0:
+                self.writer.write_index()
+                write_extras(self.partial)
+                shutil.rmtree(self.state)
+                replace_dir(self.partial, self.out)
         return self.out
