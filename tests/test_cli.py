@@ -46,3 +46,29 @@ def test_cli_rejects_bad_allocation_and_device(tmp_path):
     if not torch.cuda.is_available():
         r = svdzip("eval", "smollm2-135m", "--device", "cuda")
         assert r.returncode != 0 and "torch sees no CUDA device" in r.stderr
+
+
+def test_torchrun_two_ranks_gives_the_one_process_model(tmp_path):
+    """`torchrun --nproc-per-node 2 -m svdzip compress ...` (gloo): rank 0 prints and saves;
+    the saved model's logits equal the one-process run's up to fp32 rounding."""
+    import torch
+
+    import svdzip as sz
+
+    common = ["smollm2-135m", "--method", "svd_llm", "--ratio", "0.97", "--n-samples", "4", "--seqlen", "64",
+              "--last-blocks", "2", "--sequential"]
+    one = svdzip("compress", common[0], str(tmp_path / "one"), *common[1:])
+    assert one.returncode == 0, one.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "svdzip", "compress", common[0], str(tmp_path / "two"), *common[1:],
+                          "--json", str(tmp_path / "two.json")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("saved to") == 1 and "distributed: 2 ranks (gloo); rank 0 ran windows [0, 2]" in two.stdout
+    assert json.loads((tmp_path / "two.json").read_text())["report"]["distributed"]["world"] == 2
+    a, b = sz.load_compressed(tmp_path / "one"), sz.load_compressed(tmp_path / "two")
+    ids = torch.arange(100, 164).unsqueeze(0)
+    with torch.no_grad():
+        la, lb = a(ids).logits, b(ids).logits
+    assert float((la - lb).norm() / la.norm()) < 1e-4

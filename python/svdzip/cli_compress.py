@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io as io_
 import json
 import time
 
@@ -68,6 +70,12 @@ def add_compress(sub) -> None:
     p.add_argument("--trial-memory", type=parse_size, default="1GiB",
                    help="with --offload and --allocation sensitivity: most memory for the trials' hidden "
                         "states at a time; less means more sweeps over the blocks")
+    p.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"],
+                   help="under torchrun: the torch.distributed backend (auto: nccl with --device cuda, "
+                        "else gloo)")
+    p.add_argument("--dist-timeout", type=float, default=1800.0,
+                   help="under torchrun: seconds a rank waits for the others at a collective before "
+                        "giving up (longer than one block's decomposition)")
     _add_model_options(p)
     p.set_defaults(func=run_compress)
 
@@ -133,7 +141,7 @@ def make_config(args):
         kw[field] = value
     try:
         return cls(**kw)
-    except ValueError as exc:
+    except (ValueError, RankFailed) as exc:
         raise SystemExit(f"svdzip compress: {exc}") from exc
 
 
@@ -145,18 +153,29 @@ def _device(name: str) -> torch.device:
 
 
 def run_compress(args) -> int:
-    from . import api, data, eval as ev, io, models
+    """Under torchrun every rank runs this; rank 0 alone prints, evaluates and saves."""
+    from .pipeline.group import RankFailed, session
 
     torch.manual_seed(0)
     cfg = make_config(args)
-    if args.offload:
-        return _run_offloaded(args, cfg)
-    t0 = time.perf_counter()
     device = _device(args.device)
+    try:
+        with session(args.backend, args.dist_timeout, device) as (group, device):
+            quiet = contextlib.redirect_stdout(io_.StringIO()) if group.rank else contextlib.nullcontext()
+            with quiet:
+                return (_run_offloaded if args.offload else _run_in_memory)(args, cfg, device, group)
+    except (ValueError, RankFailed) as exc:
+        raise SystemExit(f"svdzip compress: {exc}") from exc
+
+
+def _run_in_memory(args, cfg, device, group) -> int:
+    from . import api, data, eval as ev, io, models
+
+    t0 = time.perf_counter()
     model, tok = models.load(args.model, dtype=args.dtype)
     model.to(device)
     bos = data.resolve_bos(tok, _bos(args))
-    sets = [s for s in args.eval.split(",") if s]
+    sets = [s for s in args.eval.split(",") if s] if group.rank == 0 else []
     result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio,
               "dtype": model_dtype(model)}
     print(f"model {args.model}: {result['dtype']}, windows {'start with BOS' if bos else 'without BOS'} "
@@ -169,11 +188,14 @@ def run_compress(args) -> int:
     report = api.compress(model, cfg, calib, calibration_info={"source": args.calib, "bos": bos},
                           batch_size=args.batch_size)
     print(report.summary(per_module=args.per_module))
-    out = io.save_compressed(model, args.out, tokenizer=tok, report=report, shard_size=args.shard_size)
+    out = args.out
+    with group.agree(f"saving {args.out}"):
+        if group.rank == 0:
+            out = io.save_compressed(model, args.out, tokenizer=tok, report=report, shard_size=args.shard_size)
     if sets:
         _compressed_ppl(model, tok, sets, args, bos, cfg, result)
     result["report"] = report.to_dict()
-    return _finish(args, result, out, t0)
+    return _finish(args, result, out, t0, group)
 
 
 def _calibration(args, tok, bos: bool):
@@ -191,16 +213,16 @@ def _compressed_ppl(model, tok, sets, args, bos, cfg, result: dict) -> None:
           ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
 
 
-def _finish(args, result: dict, out, t0: float) -> int:
+def _finish(args, result: dict, out, t0: float, group) -> int:
     result.update(seconds=time.perf_counter() - t0, saved_to=str(out))
     print(f"saved to {out} ({result['seconds']:.0f} s in all)")
-    if args.json:
+    if args.json and group.rank == 0:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
     return 0
 
 
-def _run_offloaded(args, cfg) -> int:
+def _run_offloaded(args, cfg, device, group) -> int:
     """--offload: the dense model is never loaded; --eval scores only the compressed output."""
     from transformers import AutoTokenizer
 
@@ -208,7 +230,6 @@ def _run_offloaded(args, cfg) -> int:
     from .offload import compress_checkpoint
 
     t0 = time.perf_counter()
-    device = _device(args.device)
     path = models.resolve(args.model)
     tok = AutoTokenizer.from_pretrained(path)
     bos = data.resolve_bos(tok, _bos(args))
@@ -224,12 +245,12 @@ def _run_offloaded(args, cfg) -> int:
     print(report.summary(per_module=args.per_module))
     result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio, "dtype": report.dtype,
               "offload": True, "report": report.to_dict()}
-    sets = [s for s in args.eval.split(",") if s]
+    sets = [s for s in args.eval.split(",") if s] if group.rank == 0 else []
     if sets:
         model = io.load_compressed(args.out, device=device)
         result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, _bos(args))
         _compressed_ppl(model, tok, sets, args, bos, cfg, result)
-    return _finish(args, result, args.out, t0)
+    return _finish(args, result, args.out, t0, group)
 
 
 def run_eval(args) -> int:

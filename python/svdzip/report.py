@@ -86,6 +86,11 @@ class Report:
             f"total {self.seconds_total:.1f} s",
             f"whitening fallbacks: {len(fb)} modules" + (f" ({sorted(set(fb.values()))})" if fb else ""),
         ]
+        if self.distributed:
+            d = self.distributed
+            lines.append(f"distributed: {d['world']} ranks ({d['backend']}); rank {d['rank']} ran windows "
+                         f"{d['windows']}, communicated {d['comm_bytes'] / 2**20:.1f} MiB in "
+                         f"{d['comm_seconds']:.1f} s (waiting for the other ranks included)")
         if self.allocation:
             a = self.allocation
             kept = sorted(a["ratios"].values())

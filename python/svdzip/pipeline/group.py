@@ -228,3 +228,41 @@ def from_environment(process_group=None):
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return Distributed()
     return Single()
+
+
+def launched_by_torchrun() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextlib.contextmanager
+def session(backend: str = "auto", timeout_s: float = 1800.0, device=None):
+    """(group, device) for a command started by torchrun (WORLD_SIZE > 1 in the environment):
+    initialises the process group (nccl when `device` is CUDA and every rank has a GPU, else
+    gloo; `backend` overrides), gives each rank its local GPU, and tears the group down at the
+    end. Without torchrun: (Single(), device)."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    if not launched_by_torchrun():
+        yield Single(), device
+        return
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"--backend {backend!r} must be auto, gloo or nccl")
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError("--backend nccl needs --device cuda (nccl communicates GPU tensors)")
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                            **({"device_id": device} if backend == "nccl" else {}))
+    try:
+        yield Distributed(), device
+    finally:
+        dist.destroy_process_group()
