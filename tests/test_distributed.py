@@ -45,7 +45,7 @@ def _cases(archs) -> list[dict]:
     return cases
 
 
-CASES = {2: _cases(["llama", "qwen2", "gemma3"]), 3: _cases(["llama"])}
+CASES = {world: _cases(["llama", "qwen2", "gemma3"]) for world in (2, 3)}
 
 
 def _free_port() -> int:
@@ -252,3 +252,22 @@ def test_offloaded_distributed_equals_one_process_and_resumes_identically(tmp_pa
             assert _rel(mine, ref[n]) <= 1e-10, (name, n, _rel(mine, ref[n]))
         info = json.loads((out / f"{name}.report.json").read_text())
         assert info["world"] == 2 and info["windows"] == [0, 3]
+
+
+@pytest.mark.slow
+def test_smollm2_two_gloo_ranks_same_perplexity_as_one_process(tmp_path):
+    """The whole CLI under torchrun on the real model: 2 gloo ranks give the perplexity of 1."""
+    common = ["smollm2-135m", "--method", "nsvd", "--ratio", "0.8", "--n-samples", "8", "--seqlen", "256",
+              "--sequential", "--eval", "wiki,ptb", "--max-windows", "8"]
+    ppl = {}
+    for world in (1, 2):
+        launcher = [sys.executable] if world == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(2 // world)}
+        r = subprocess.run(launcher + ["-m", "svdzip", "compress", common[0], str(tmp_path / f"o{world}"),
+                                       *common[1:], "--json", str(tmp_path / f"r{world}.json")],
+                           capture_output=True, text=True, timeout=1800, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        ppl[world] = json.loads((tmp_path / f"r{world}.json").read_text())["compressed_ppl"]
+    for data in ("wiki", "ptb"):
+        assert ppl[2][data] == pytest.approx(ppl[1][data], rel=1e-4), (data, ppl)

@@ -98,7 +98,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     source = Offloaded(path, device, dtype)
     _, targets = find_targets(source.model, config)
     sensitivity = config.allocation == "sensitivity"
-    need = budget.estimate(source, by_block(targets), calibration.shape, batch_size, kinds, config.gram_products,
+    need = budget.estimate(source, by_block(targets), share.shape, batch_size, kinds, config.gram_products,
                            trials=trial_memory if sensitivity else 0)
     if group.rank == 0:
         print(budget.describe(need, source.device))

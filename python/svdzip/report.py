@@ -29,6 +29,7 @@ class Report:
     seconds_stats: float = 0.0
     seconds_decompose: float = 0.0
     seconds_total: float = 0.0
+    seconds_comm: float = 0.0         # distributed: in collectives (waiting for other ranks included)
     allocation: dict | None = None    # sensitivity allocation: ratios per module, trial time, cache hit
     dtype: str = ""                   # the model's dtype (factors are stored in it)
     calibration: dict = field(default_factory=dict)  # windows, seqlen, source, bos convention
@@ -82,7 +83,8 @@ class Report:
             f"{self.model_params_before:,})",
             f"dtype {self.dtype or '?'}; calibration " +
             (", ".join(f"{k} {v}" for k, v in self.calibration.items()) or "none"),
-            f"time: statistics {self.seconds_stats:.1f} s, decomposition {self.seconds_decompose:.1f} s, "
+            f"time: statistics {self.seconds_stats:.1f} s, decomposition {self.seconds_decompose:.1f} s, " +
+            (f"communication {self.seconds_comm:.1f} s, " if self.distributed else "") +
             f"total {self.seconds_total:.1f} s",
             f"whitening fallbacks: {len(fb)} modules" + (f" ({sorted(set(fb.values()))})" if fb else ""),
         ]

@@ -18,6 +18,7 @@ blocks are only decomposed and written, no hidden states flow.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -70,6 +71,19 @@ def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance
     return stats, {t.name: owners[col.leader[t.name]] for t in targets}
 
 
+@contextlib.contextmanager
+def _timed(job: Job, phase: str):
+    """Adds the body's seconds to report.<phase>, less the time spent in collectives (which
+    goes to report.seconds_comm, waiting for slower ranks included)."""
+    t0, c0 = time.perf_counter(), job.group.comm_seconds
+    try:
+        yield
+    finally:
+        comm = job.group.comm_seconds - c0
+        setattr(job.report, phase, getattr(job.report, phase) + time.perf_counter() - t0 - comm)
+        job.report.seconds_comm += comm
+
+
 def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0) -> None:
     """Visit blocks start.. in order; `blocks` = {index: [Target]} to compress."""
     last = max(blocks)
@@ -80,27 +94,25 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
         forward = i < last and job.stats is None  # later blocks need this one's outputs
         advanced = False
         if i in blocks:
-            t0 = time.perf_counter()
-            if job.stats is None:
-                advanced = forward and job.dense_inputs  # one-shot: the statistics pass advances
-                stats, owner_of = _collect(layer, blocks[i], streams, i, source.device, job, advanced)
-            else:
-                stats = job.stats
-                owner_of = owner_of_map(blocks[i], {n: st.get("leader", n) for n, st in stats.items()}, job.group)
-            job.report.seconds_stats += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            apply_block(blocks[i], stats, job.config, job.method, job.report, owned=job.stats is None,
-                        group=job.group, owner_of=owner_of)
-            stats = None
-            release_freed_memory()
-            job.report.seconds_decompose += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if forward and not advanced:
-            with job.group.agree(f"running block {i}"):
-                streams.run(layer, i, source.device, outputs="replace")
-        elif not forward:
-            streams.hidden = []  # no block after this one is compressed: nothing needs them
-        job.report.seconds_stats += time.perf_counter() - t0
+            with _timed(job, "seconds_stats"):
+                if job.stats is None:
+                    advanced = forward and job.dense_inputs  # one-shot: the statistics pass advances
+                    stats, owner_of = _collect(layer, blocks[i], streams, i, source.device, job, advanced)
+                else:
+                    stats = job.stats
+                    owner_of = owner_of_map(blocks[i], {n: st.get("leader", n) for n, st in stats.items()},
+                                            job.group)
+            with _timed(job, "seconds_decompose"):
+                apply_block(blocks[i], stats, job.config, job.method, job.report, owned=job.stats is None,
+                            group=job.group, owner_of=owner_of)
+                stats = None
+                release_freed_memory()
+        with _timed(job, "seconds_stats"):
+            if forward and not advanced:
+                with job.group.agree(f"running block {i}"):
+                    streams.run(layer, i, source.device, outputs="replace")
+            elif not forward:
+                streams.hidden = []  # no block after this one is compressed: nothing needs them
         if sink is not None:
             sink.write(i, block_tensors(layer, source.prefixes[i]), streams.hidden, job.report.modules)
         source.offload(i)
