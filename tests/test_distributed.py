@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import svdzip as sz
 from svdzip.config import CONFIGS
-from svdzip.pipeline.group import assign_owners, owner_groups, shares
+from svdzip.pipeline.group import assign_owners, shares, stats_destinations
 from svdzip.pipeline.walk import find_targets
 
 from tiny_models import calib, tiny
@@ -143,22 +143,23 @@ def test_distributed_equals_one_process(runs, world, case, tmp_path, monkeypatch
         assert info["comm_bytes"] > 0 and info["windows"] == [0, -(-WINDOWS // world)]
 
 
-def test_owners_by_greedy_bin_packing():
-    model = tiny("llama")
-    _, targets = find_targets(model, sz.SVDLLMConfig(ratio=0.6))
-    block0 = [t for t in targets if ".layers.0." in t.name]
-    leader = {t.name: t.name for t in block0}
-    for t in block0:  # q/k/v share one input, gate/up another
-        if t.attr in ("k_proj", "v_proj"):
-            leader[t.name] = t.name.replace(t.attr, "q_proj")
-        if t.attr == "up_proj":
-            leader[t.name] = t.name.replace("up_proj", "gate_proj")
-    groups = owner_groups(block0, leader)
-    assert len(groups) == 4
-    owners = assign_owners(groups, 2)
-    assert set(owners.values()) == {0, 1}  # both ranks get work
-    assert owners == assign_owners(groups, 2)  # deterministic
-    assert set(assign_owners(groups, 1).values()) == {0}
+def test_owners_by_greedy_bin_packing_and_shared_inputs_copied():
+    from types import SimpleNamespace as T
+
+    # Llama-3-8B's block: gate / up / down dominate; one rank each before anything else
+    d, f, kv = 4096, 14336, 1024
+    block = [T(name=n, shape=s) for n, s in [("q", (d, d)), ("k", (kv, d)), ("v", (kv, d)), ("o", (d, d)),
+                                              ("gate", (f, d)), ("up", (f, d)), ("down", (d, f))]]
+    owners = assign_owners(block, 4)
+    assert owners == assign_owners(block, 4)  # every rank computes the same map
+    assert len({owners["gate"], owners["up"], owners["down"]}) == 3
+    assert set(owners.values()) == {0, 1, 2, 3}
+    assert set(assign_owners(block, 1).values()) == {0}
+    leader = {"k": "q", "v": "q", "up": "gate"}
+    dest = stats_destinations(block, leader, owners)
+    assert set(dest) == {"q", "o", "gate", "down"}
+    assert dest["gate"] == [owners["gate"], owners["up"]]  # reduced on gate's owner, copied to up's
+    assert dest["q"][0] == owners["q"] and set(dest["q"]) == {owners[n] for n in ("q", "k", "v")}
 
 
 def test_shares_are_contiguous_and_uneven_by_at_most_one():

@@ -145,9 +145,8 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
             report.seconds_stats += time.perf_counter() - t0
             t0 = time.perf_counter()
             for i in tqdm(sorted(blocks), desc=f"{config.method} blocks", disable=not progress):
-                leader_of = {n: st.get("leader", n) for n, st in stats.items()}
                 apply_block(blocks[i], stats, config, method, report, group=group,
-                            owner_of=loop.owner_of_map(blocks[i], leader_of, group))
+                            owner_of=group.owners(blocks[i]))
             report.seconds_decompose = time.perf_counter() - t0
     finally:
         model.train(was_training)

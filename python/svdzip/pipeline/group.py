@@ -4,9 +4,9 @@
 communicated. `Distributed` runs on a torch.distributed process group (gloo or nccl, started by
 torchrun or by the caller): the calibration windows are split into contiguous shares, one per
 rank; a block's statistics (all sums, and a max for max|x|) are reduced to the owner of each
-shared-input group, owners being chosen by greedy bin-packing on the decomposition cost; the
-owner decomposes and broadcasts the stored factors; every rank swaps them in and propagates its
-own share. Every collective of a block is reached by every rank in the same order, and work
+module (owners chosen by greedy bin-packing on the decomposition cost; the owner of a module
+that shares its input with another owner's module gets a copy); the owner decomposes and
+broadcasts the stored factors; every rank swaps them in and propagates its own share. Every collective of a block is reached by every rank in the same order, and work
 that can fail runs inside `agree(...)`, so one rank's error ends every rank with that rank's
 message instead of leaving the others waiting; a rank that dies outright ends the others at the
 process group's timeout.
@@ -25,32 +25,39 @@ class RankFailed(RuntimeError):
     """Raised on every other rank when one rank fails: names that rank and its message."""
 
 
-def owner_groups(targets, leader_of: dict[str, str]) -> dict[str, list]:
-    """Targets grouped by the module whose statistics they share (q/k/v; gate/up), in order."""
-    groups: dict[str, list] = {}
-    for t in targets:
-        groups.setdefault(leader_of.get(t.name, t.name), []).append(t)
-    return groups
+def decompose_cost(shape: tuple[int, int]) -> float:
+    """Relative FLOPs of one module's decomposition on its owner: its SVD (~14·m·n·min(m, n),
+    the leading term of LAPACK's gesdd) and the weighting the owner prepares for it (Cholesky or
+    eigendecomposition of the n x n Gram, ~n³)."""
+    m, n = shape
+    return 14.0 * m * n * min(m, n) + float(n) ** 3
 
 
-def decompose_cost(members) -> float:
-    """FLOPs, up to a constant: the shared weighting (n³: Cholesky / eigendecomposition of the
-    Gram) and each member's SVD (m·n·min(m, n))."""
-    n = members[0].shape[1]
-    return float(n) ** 3 + sum(float(m) * k * min(m, k) for m, k in (t.shape for t in members))
-
-
-def assign_owners(groups: dict[str, list], world: int) -> dict[str, int]:
-    """{leader: rank} by greedy bin-packing: the costliest group goes to the least loaded rank
-    (ties: the lower rank, then the earlier group), so every rank computes the same map."""
-    order = sorted(groups, key=lambda g: (-decompose_cost(groups[g]), list(groups).index(g)))
+def assign_owners(targets, world: int) -> dict[str, int]:
+    """{module: rank} by greedy bin-packing: the costliest module goes to the least loaded rank
+    (ties: the lower rank, then the earlier module), so every rank computes the same map.
+    Modules, not shared-input groups, are the unit: Llama-3-8B's gate and up projections are
+    55 % of a block's decomposition, and one owner for both would cap the block's speed-up
+    at 1.8x whatever the number of ranks."""
+    order = sorted(range(len(targets)), key=lambda j: (-decompose_cost(targets[j].shape), j))
     load = [(0.0, r) for r in range(world)]
     owners = {}
-    for g in order:
+    for j in order:
         used, r = heapq.heappop(load)
-        owners[g] = r
-        heapq.heappush(load, (used + decompose_cost(groups[g]), r))
+        owners[targets[j].name] = r
+        heapq.heappush(load, (used + decompose_cost(targets[j].shape), r))
     return owners
+
+
+def stats_destinations(targets, leader_of: dict[str, str], owner_of: dict[str, int]) -> dict[str, list[int]]:
+    """{leader: ranks that need its statistics}: the owner of its first module (where the sums
+    are reduced), then the other owners of modules sharing that input (they get a copy)."""
+    need: dict[str, list[int]] = {}
+    for t in targets:
+        ranks = need.setdefault(leader_of.get(t.name, t.name), [])
+        if owner_of[t.name] not in ranks:
+            ranks.append(owner_of[t.name])
+    return need
 
 
 def shares(n: int, world: int) -> list[tuple[int, int]]:
@@ -79,10 +86,10 @@ class Single:
     def agree(self, what: str):
         yield
 
-    def owners(self, groups: dict[str, list]) -> dict[str, int]:
-        return dict.fromkeys(groups, 0)
+    def owners(self, targets) -> dict[str, int]:
+        return {t.name: 0 for t in targets}
 
-    def reduce_stats(self, raw: dict[str, dict], owners: dict[str, int]) -> None:
+    def reduce_stats(self, raw: dict[str, dict], destinations: dict[str, list[int]]) -> None:
         pass
 
     def all_reduce_(self, tensors, op=None) -> None:
@@ -157,24 +164,30 @@ class Distributed(Single):
         self.comm_bytes += nbytes
         return out
 
-    def owners(self, groups: dict[str, list]) -> dict[str, int]:
-        return assign_owners(groups, self.world)
+    def owners(self, targets) -> dict[str, int]:
+        return assign_owners(targets, self.world)
 
-    def reduce_stats(self, raw: dict[str, dict], owners: dict[str, int]) -> None:
-        """Sum (max for max|x|) each leader's statistics onto its owner, in a fixed order;
-        the other ranks drop them."""
-        for leader in owners:
-            st, dst = raw[leader], owners[leader]
+    def reduce_stats(self, raw: dict[str, dict], destinations: dict[str, list[int]]) -> None:
+        """Sum (max for max|x|) each leader's statistics onto the first rank that needs them, in
+        a fixed order, and send that rank's result to the others that need them; the ranks that
+        need none drop them."""
+        for leader, ranks in destinations.items():
+            st, home = raw[leader], ranks[0]
             if not isinstance(st["tokens"], torch.Tensor):
                 st["tokens"] = torch.tensor(st["tokens"], dtype=torch.int64, device=st_device(st))
             for key in SUM_KEYS + MAX_KEYS:
-                if key in st:
-                    op = self.dist.ReduceOp.MAX if key in MAX_KEYS else self.dist.ReduceOp.SUM
-                    t = st[key]
-                    self._timed(lambda: self.dist.reduce(t, op=op, group=self.pg, group_dst=dst),
-                                t.numel() * t.element_size())
+                if key not in st:
+                    continue
+                op = self.dist.ReduceOp.MAX if key in MAX_KEYS else self.dist.ReduceOp.SUM
+                t, nbytes = st[key], st[key].numel() * st[key].element_size()
+                self._timed(lambda: self.dist.reduce(t, op=op, group=self.pg, group_dst=home), nbytes)
+                for r in ranks[1:]:
+                    if self.rank == home:
+                        self._timed(lambda: self.dist.send(t, group=self.pg, group_dst=r), nbytes)
+                    elif self.rank == r:
+                        self._timed(lambda: self.dist.recv(t, group=self.pg, group_src=home), nbytes)
             st["tokens"] = int(st["tokens"])
-            if dst != self.rank:
+            if self.rank not in ranks:
                 raw[leader] = None
 
     def all_reduce_(self, tensors, op=None) -> None:

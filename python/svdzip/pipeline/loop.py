@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..calibration.collector import StatsCollector
 from ..report import Report
 from .decompose import apply_block
-from .group import Single, owner_groups
+from .group import Single, stats_destinations
 from .layout import block_tensors
 from .memory import release_freed_memory
 from .streams import Streams
@@ -46,11 +46,6 @@ class Job:
     group: object = field(default_factory=Single)  # who sees which windows, who owns which module
 
 
-def owner_of_map(targets, leader_of: dict[str, str], group) -> dict[str, int]:
-    owners = group.owners(owner_groups(targets, leader_of))
-    return {t.name: owners[leader_of.get(t.name, t.name)] for t in targets}
-
-
 @torch.no_grad()
 def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance: bool):
     """(the block's statistics, {module: owner rank}); `advance`: its outputs (dense, one-shot)
@@ -64,11 +59,11 @@ def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance
         raw = col.raw()
     if not group.distributed:
         return col.finalize(), None
-    owners = group.owners(owner_groups(targets, col.leader))
-    group.reduce_stats(raw, owners)
+    owner_of = group.owners(targets)
+    group.reduce_stats(raw, stats_destinations(targets, col.leader, owner_of))
     with group.agree(f"finishing block {i}'s statistics"):
         stats = col.finalize(raw)
-    return stats, {t.name: owners[col.leader[t.name]] for t in targets}
+    return stats, owner_of
 
 
 @contextlib.contextmanager
@@ -99,9 +94,7 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
                     advanced = forward and job.dense_inputs  # one-shot: the statistics pass advances
                     stats, owner_of = _collect(layer, blocks[i], streams, i, source.device, job, advanced)
                 else:
-                    stats = job.stats
-                    owner_of = owner_of_map(blocks[i], {n: st.get("leader", n) for n, st in stats.items()},
-                                            job.group)
+                    stats, owner_of = job.stats, job.group.owners(blocks[i])
             with _timed(job, "seconds_decompose"):
                 apply_block(blocks[i], stats, job.config, job.method, job.report, owned=job.stats is None,
                             group=job.group, owner_of=owner_of)
