@@ -57,8 +57,8 @@ def run_offloaded(out: Path, cases: list[dict]) -> None:
         if case.get("die_after") is not None:
             original = sink.ShardSink.write
 
-            def write(self, i, *args, _orig=original, _at=case["die_after"]):
-                _orig(self, i, *args)
+            def write(self, i, *args, _orig=original, _at=case["die_after"], **kwargs):
+                _orig(self, i, *args, **kwargs)
                 if i == _at:
                     os._exit(9)
             sink.ShardSink.write = write

@@ -223,23 +223,28 @@ def test_offloaded_distributed_equals_one_process_and_resumes_identically(tmp_pa
     ckpt = tmp_path / "ckpt"
     tiny("llama").double().save_pretrained(ckpt, max_shard_size="40KB")
     cases = [{"name": n, "checkpoint": str(ckpt), "windows": WINDOWS, "config": c} for n, c in OFFLOAD_CONFIGS.items()]
-    killed = {"name": "resumed", "checkpoint": str(ckpt), "windows": WINDOWS, "config": OFFLOAD_CONFIGS["svd_llm-seq"]}
     out = tmp_path / "dist"
     out.mkdir()
     env = {"SVDZIP_CACHE": str(tmp_path / "cache-dist")}
     for r, (rc, err) in enumerate(launch(2, "offload", out, _cases_file(tmp_path, cases), env=env)):
         assert rc == 0, (r, err[-3000:])
-    for r, (rc, err) in enumerate(launch(2, "offload", out, _cases_file(tmp_path, [{**killed, "die_after": 1}]), env=env)):
-        assert rc == 9, (r, err[-3000:])
-    assert (out / "resumed.partial").is_dir() and not (out / "resumed").exists()
-    kept = {p.name for p in (out / "resumed.partial" / ".resume").glob("hidden-*")}
-    # each rank's share entering block 2 (and the one before: rank 0 may not have moved on yet)
-    assert {"hidden-00002.rank0.safetensors", "hidden-00002.rank1.safetensors"} <= kept
-    assert kept <= {f"hidden-0000{i}.rank{r}.safetensors" for i in (1, 2) for r in (0, 1)}
-    for r, (rc, err) in enumerate(launch(2, "offload", out, _cases_file(tmp_path, [killed]), env=env)):
-        assert rc == 0, (r, err[-3000:])
-    resumed, whole = _tensors(out / "resumed"), _tensors(out / "svd_llm-seq")
-    assert set(resumed) == set(whole) and all(torch.equal(resumed[n], whole[n]) for n in whole)
+    # sequential: a resume point after every block; one-shot: windows of 2 blocks (0-1, 2)
+    for name in ("svd_llm-seq", "nsvd-oneshot"):
+        killed = {"name": f"resumed-{name}", "checkpoint": str(ckpt), "windows": WINDOWS,
+                  "config": OFFLOAD_CONFIGS[name]}
+        died = launch(2, "offload", out, _cases_file(tmp_path, [{**killed, "die_after": 1}]), env=env)
+        assert [rc for rc, _ in died] == [9, 9], died[0][1][-3000:]
+        partial = out / f"{killed['name']}.partial"
+        assert partial.is_dir() and not (out / killed["name"]).exists()
+        assert json.loads((partial / ".resume" / "progress.json").read_text())["next_block"] == 2
+        kept = {p.name for p in (partial / ".resume").glob("hidden-*")}
+        # each rank's share entering block 2 (and the one before: rank 0 may not have moved on yet)
+        assert {"hidden-00002.rank0.safetensors", "hidden-00002.rank1.safetensors"} <= kept
+        assert kept <= {f"hidden-0000{i}.rank{r}.safetensors" for i in (1, 2) for r in (0, 1)}
+        for r, (rc, err) in enumerate(launch(2, "offload", out, _cases_file(tmp_path, [killed]), env=env)):
+            assert rc == 0, (r, err[-3000:])
+        resumed, whole = _tensors(out / killed["name"]), _tensors(out / name)
+        assert set(resumed) == set(whole) and all(torch.equal(resumed[n], whole[n]) for n in whole), name
 
     monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path / "cache-one"))
     for name, spec in OFFLOAD_CONFIGS.items():

@@ -99,7 +99,9 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     _, targets = find_targets(source.model, config)
     sensitivity = config.allocation == "sensitivity"
     need = budget.estimate(source, by_block(targets), share.shape, batch_size, kinds, config.gram_products,
-                           trials=trial_memory if sensitivity else 0)
+                           trials=trial_memory if sensitivity else 0,
+                           window=group.world if group.distributed and not config.sequential else 1,
+                           world=group.world)
     if group.rank == 0:
         print(budget.describe(need, source.device))
     if max_memory is not None and need["total"] > max_memory:

@@ -36,7 +36,10 @@ def _bytes(t: torch.Tensor) -> int:
 
 
 def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_products: str,
-             trials: int = 0) -> dict:
+             trials: int = 0, window: int = 1, world: int = 1) -> dict:
+    """Per rank: `calib_shape` is this rank's share; a distributed one-shot run (`window`
+    blocks at a time over `world` ranks, pipeline/loop.py run_windows) holds the window's
+    blocks and about window / world blocks' statistics besides the block being collected."""
     cfg = source.model.config
     n_windows, seqlen = int(calib_shape[0]), int(calib_shape[1])
     item = torch.empty(0, dtype=source.dtype).element_size()
@@ -55,8 +58,10 @@ def estimate(source, blocks: dict, calib_shape, batch_size: int, kinds, gram_pro
     b = min(batch_size, n_windows)
     acts = b * seqlen * wide * item * 4 + b * heads * seqlen * seqlen * 4
     stream = n_windows * seqlen * d * item
-    parts = {"resident": resident, "blocks": 2 * block, "streams": stream + stream // n_windows * min(batch_size, n_windows),
-             "statistics": stats, "decompose": dec, "activations": acts, "runtime": RUNTIME}
+    held_stats = stats * (1 + math.ceil(window / world)) if window > 1 else stats
+    parts = {"resident": resident, "blocks": (window + 1) * block,
+             "streams": stream + stream // n_windows * min(batch_size, n_windows),
+             "statistics": held_stats, "decompose": dec, "activations": acts, "runtime": RUNTIME}
     if "fisher" in kinds:  # per-window gradients, and one window's backward through one block
         parts["gradients"] = stream + 2 * (seqlen * wide * item * 4 + heads * seqlen * seqlen * 4)
     if trials:

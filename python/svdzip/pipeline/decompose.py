@@ -38,20 +38,31 @@ def _notes(prepared) -> dict:
 def apply_block(targets: list[Target], stats: dict, cfg, method, report: Report, owned: bool = False,
                 group=None, owner_of: dict[str, int] | None = None) -> None:
     """Decompose a block's targets and swap LowRankLinear in; the modules' reports are added
-    to `report` in target order. With a distributed `group`, each rank decomposes the targets
-    `owner_of` gives it (their statistics are on it), then every owner broadcasts its stored
-    factors and every rank swaps them in (pipeline/group.py)."""
+    to `report` in target order (apply_blocks with one block)."""
+    apply_blocks([(targets, stats)], cfg, method, report, owned, group, owner_of)
+
+
+def apply_blocks(parts: list[tuple[list[Target], dict]], cfg, method, report: Report, owned: bool = False,
+                 group=None, owner_of: dict[str, int] | None = None) -> None:
+    """Decompose the (targets, statistics) of one or more blocks and swap LowRankLinear in. With
+    a distributed `group`, each rank first decomposes every target `owner_of` gives it (their
+    statistics are on it), across all the blocks at once, then every owner broadcasts its
+    stored factors and every rank swaps them in (pipeline/group.py)."""
     if group is None or not group.distributed:
-        report.modules.extend(_decompose_and_swap(targets, stats, cfg, method, owned))
+        for targets, stats in parts:
+            report.modules.extend(_decompose_and_swap(targets, stats, cfg, method, owned))
         return
-    mine = [t for t in targets if owner_of[t.name] == group.rank]
     entries: list[ModuleReport] = []
-    with group.agree(f"decomposing {', '.join(t.name for t in mine) or 'nothing'}"):
-        entries = _decompose_and_swap(mine, stats, cfg, method, owned)
-    for t in targets:
-        _share_factors(t, owner_of[t.name], group)
+    mine = [[t for t in targets if owner_of[t.name] == group.rank] for targets, _ in parts]
+    names = [t.name for ts in mine for t in ts]
+    with group.agree(f"decomposing {', '.join(names[:3]) + (' ...' if len(names) > 3 else '') or 'nothing'}"):
+        for ts, (_, stats) in zip(mine, parts):
+            entries += _decompose_and_swap(ts, stats, cfg, method, owned)
+    for targets, _ in parts:
+        for t in targets:
+            _share_factors(t, owner_of[t.name], group)
     by_name = {e.name: e for part in group.gather_objects(entries) for e in part}
-    report.modules.extend(by_name[t.name] for t in targets)
+    report.modules.extend(by_name[t.name] for targets, _ in parts for t in targets)
 
 
 def _share_factors(t: Target, src: int, group) -> None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..calibration.collector import StatsCollector
 from ..report import Report
-from .decompose import apply_block
+from .decompose import apply_block, apply_blocks
 from .group import Single, stats_destinations
 from .layout import block_tensors
 from .memory import release_freed_memory
@@ -47,10 +47,11 @@ class Job:
 
 
 @torch.no_grad()
-def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance: bool):
+def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance: bool, owner_of=None):
     """(the block's statistics, {module: owner rank}); `advance`: its outputs (dense, one-shot)
     replace the streams' hidden states on the way (else they are not kept at all). In a
-    distributed group each rank runs its share of the windows and the sums meet at the owners."""
+    distributed group each rank runs its share of the windows and the sums meet at the owners
+    (`owner_of`, or the block's own bin-packing)."""
     group = job.group
     with group.agree(f"collecting block {i}'s statistics"):
         with StatsCollector({t.name: t.module for t in targets}, job.kinds,
@@ -59,7 +60,7 @@ def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance
         raw = col.raw()
     if not group.distributed:
         return col.finalize(), None
-    owner_of = group.owners(targets)
+    owner_of = owner_of or group.owners(targets)
     group.reduce_stats(raw, stats_destinations(targets, col.leader, owner_of))
     with group.agree(f"finishing block {i}'s statistics"):
         stats = col.finalize(raw)
@@ -81,6 +82,8 @@ def _timed(job: Job, phase: str):
 
 def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0) -> None:
     """Visit blocks start.. in order; `blocks` = {index: [Target]} to compress."""
+    if job.group.distributed and job.dense_inputs and job.stats is None and job.group.world > 1:
+        return run_windows(source, blocks, streams, job, sink, start, window=job.group.world)
     last = max(blocks)
     end = len(source.layers) if sink is not None else last + 1  # a sink needs every block written
     desc = f"{job.config.method} {'one-shot' if job.dense_inputs else 'sequential'}"
@@ -109,3 +112,48 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
         if sink is not None:
             sink.write(i, block_tensors(layer, source.prefixes[i]), streams.hidden, job.report.modules)
         source.offload(i)
+
+
+def run_windows(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0,
+                window: int = 2) -> None:
+    """One-shot in a distributed group, `window` blocks at a time: one-shot statistics do not
+    depend on the compressed blocks, so the statistics of the window's blocks are collected
+    (each reduced at once to its module's owner, owners bin-packed over the whole window) before
+    any of them is decomposed, and then every rank decomposes its share of the window's modules
+    at the same time. Per block, a block's largest module caps the speed-up (Llama-3-8B's
+    down_proj: 41 % of a block's cost); over N blocks there are 7N modules for N ranks. Each
+    rank holds about window / world blocks' statistics, and the window's blocks stay onloaded
+    until their factors are in. Resume points are window boundaries."""
+    last = max(blocks)
+    end = len(source.layers) if sink is not None else last + 1
+    bar = tqdm(total=end, initial=start, desc=f"{job.config.method} one-shot x{job.group.world}",
+               disable=not job.progress)
+    for first in range(start, end, window):
+        span = range(first, min(first + window, end))
+        targets = [t for i in span for t in blocks.get(i, [])]
+        owner_of = job.group.owners(targets) if targets else {}
+        parts, layers = [], {}
+        for i in span:
+            layers[i] = layer = source.onload(i)
+            with _timed(job, "seconds_stats"):
+                if i in blocks:
+                    stats, _ = _collect(layer, blocks[i], streams, i, source.device, job, i < last, owner_of)
+                    parts.append((blocks[i], stats))
+                elif i < last:
+                    with job.group.agree(f"running block {i}"):
+                        streams.run(layer, i, source.device, outputs="replace")
+                else:
+                    streams.hidden = []
+        with _timed(job, "seconds_decompose"):
+            apply_blocks(parts, job.config, job.method, job.report, owned=True, group=job.group,
+                         owner_of=owner_of)
+            parts = None
+            release_freed_memory()
+        for i in span:
+            if sink is not None:  # the hidden states are those entering the window's end
+                sink.write(i, block_tensors(layers[i], source.prefixes[i]), streams.hidden, job.report.modules,
+                           resume_point=i == span[-1])
+            source.offload(i)
+            layers.pop(i)
+            bar.update()
+    bar.close()

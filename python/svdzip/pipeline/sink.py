@@ -164,9 +164,17 @@ class ShardSink:
         if self.start == 0 and self.group.rank == 0:
             self.writer.write(0, tensors)
 
-    def write(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor], modules) -> None:
+    def write(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor], modules,
+              resume_point: bool = True) -> None:
         """Block i's output tensors (rank 0), every rank's hidden states entering i + 1, then
-        the progress that lets a new process continue at i + 1 (rank 0, once all are written)."""
+        the progress that lets a new process continue at i + 1 (rank 0, once all are written).
+        `resume_point=False`: the tensors only (the hidden states in hand are not those entering
+        i + 1: a window of blocks, pipeline/loop.py run_windows); a resume redoes the block."""
+        if not resume_point:
+            with self.group.agree(f"writing block {i}"):
+                if self.group.rank == 0:
+                    self.writer.write(i + 1, tensors)
+            return
         name = f"hidden-{i + 1:05d}"
         with self.group.agree(f"writing block {i}"):
             if self.group.rank == 0:
