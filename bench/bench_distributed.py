@@ -111,23 +111,84 @@ def _factor_gap(a: Path, b: Path) -> float:
     return worst
 
 
-def model_8b(rows_by_config: dict, gpus: int = 8) -> dict:
-    """The scaling model with this run's constants: statistics and propagation ~ 1/N (each rank
-    runs 1/N of the windows), decomposition ~ 1/N across owners (bounded below by the largest
-    single group), communication per block = the Grams reduced + the factors broadcast.
-    Llama-3-8B shapes: d = 4096, MLP 14336, 32 blocks, GQA k/v 1024; bf16 factors at 0.8."""
-    d, f, kv, blocks = 4096, 14336, 1024, 32
-    gram_bytes = 8 * (3 * d * d + f * f)  # fp64 Grams: q/k/v's input, o_proj's, gate/up's, down_proj's
-    shapes = [(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]
-    factor_bytes = 0
-    for m, n in shapes:
-        k = int(0.8 * m * n / (m + n))
-        factor_bytes += 2 * k * (m + n)  # bf16
-    # on NCCL over NVLink (H100 class), ~150 GB/s effective for reduce/broadcast of large buffers
-    link = 150e9
-    comm_s = blocks * (gram_bytes + factor_bytes * (gpus - 1) / gpus) / link
-    return {"gram_bytes_per_block": gram_bytes, "factor_bytes_per_block": factor_bytes,
-            "comm_seconds_per_run_at_150GBps": comm_s, "assumed_link_bytes_per_s": link, "gpus": gpus}
+LINK = 100e9  # assumed: NCCL reduce / broadcast of large buffers between H100-class GPUs on NVLink
+
+
+def _llama_blocks(shape: dict):
+    from accelerate import init_empty_weights
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import svdzip as sz
+    from svdzip.pipeline.walk import by_block, decoder_layers, find_targets
+
+    with init_empty_weights():
+        m = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False))
+    _, targets = find_targets(m, sz.SVDLLMConfig(ratio=0.8))
+    return decoder_layers(m), by_block(targets)
+
+
+def _balance(blocks: dict, ranks: int, window: int) -> float:
+    """Decomposition time with `ranks` owners over time with one: per window of blocks, the
+    most loaded owner's cost (pipeline/group.py's bin-packing and cost model) over the total."""
+    from svdzip.pipeline.group import assign_owners, decompose_cost
+
+    order, longest, total = sorted(blocks), 0.0, 0.0
+    for k in range(0, len(order), window):
+        targets = [t for b in order[k:k + window] for t in blocks[b]]
+        owners = assign_owners(targets, ranks)
+        load = [0.0] * ranks
+        for t in targets:
+            load[owners[t.name]] += decompose_cost(t.shape)
+        longest += max(load)
+        total += sum(load)
+    return longest / total
+
+
+def _comm_bytes(blocks: dict, ranks: int, factor_item: int = 2) -> float:
+    """Per block, bytes through the busiest link: each distinct input's fp64 Gram reduced once
+    (a ring reduce moves (N-1)/N of it per rank), a copy for each other owner of a module that
+    shares it (worst case: k, v and up each on their own rank), the factors broadcast (bf16)."""
+    from svdzip import rank
+
+    b = blocks[min(blocks)]
+    grams = 8 * sum(t.shape[1] ** 2 for t in b if t.attr in ("q_proj", "o_proj", "gate_proj", "down_proj"))
+    copies = 8 * sum(t.shape[1] ** 2 for t in b if t.attr in ("k_proj", "v_proj", "up_proj"))
+    factors = sum(factor_item * rank.rank_for_ratio(*t.shape, 0.8) * sum(t.shape) for t in b)
+    return grams * (ranks - 1) / ranks + copies + factors
+
+
+def project(runs: dict, n_samples: int, seqlen: int, ranks: int = 8) -> dict:
+    """Llama-3-8B on `ranks` devices from this run's one-process constants (statistics seconds
+    per block FLOP, decomposition seconds per m·n·min(m, n)), the bin-packing balance on its
+    real shapes, and LINK bytes/s for the collectives. Times are on this CPU's rates; a device's
+    own rates divide the compute terms (not measured here: no GPU was lent)."""
+    from bench_offload import LLAMA, _flops
+
+    from svdzip.pipeline.walk import decoder_layers, find_targets
+    from svdzip import models
+    from svdzip.pipeline.source import empty_model
+    from svdzip.config import SVDLLMConfig
+
+    small = empty_model(models.resolve("smollm2-135m"))
+    _, st = find_targets(small, SVDLLMConfig(ratio=0.8))
+    s_flops, d_flops = _flops(decoder_layers(small), st, n_samples * seqlen)
+    out = {"assumptions": f"Llama-3-8B shapes, bf16, svd_llm at 0.8, {n_samples} x {seqlen} windows; "
+                          f"rates fitted to this run's 1-process SmolLM2 rows; links {LINK / 1e9:.0f} GB/s",
+           "ranks": ranks}
+    layers, blocks = _llama_blocks(LLAMA["Llama-3-8B"])
+    targets = [t for b in blocks.values() for t in b]
+    big_s, big_d = _flops(layers, targets, n_samples * seqlen)
+    comm = len(blocks) * _comm_bytes(blocks, ranks) / LINK
+    for config, run in runs.items():
+        one = run["one"][0]
+        t_stats, t_dec = one["stats_s"] / s_flops * big_s, one["decompose_s"] / d_flops * big_d
+        window = 1 if config.endswith(":seq") else ranks
+        bal = _balance(blocks, ranks, window)
+        t_n = t_stats / ranks + t_dec * bal + comm
+        out[config] = {"one_device_h": (t_stats + t_dec) / 3600, "stats_h": t_stats / 3600,
+                       "decompose_h": t_dec / 3600, "decompose_balance": bal, "comm_s": comm,
+                       f"{ranks}_devices_h": t_n / 3600, "speed_up": (t_stats + t_dec) / t_n}
+    return out
 
 
 def main() -> None:
@@ -145,9 +206,20 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--tag", default="cpu")
     p.add_argument("--work", default="/tmp/svdzip-bench-distributed")
+    p.add_argument("--project-only", action="store_true",
+                   help="recompute the projection from bench/results/distributed_<tag>.json")
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.project_only:
+        from _timing import RESULTS
+
+        results = json.loads((RESULTS / f"distributed_{args.tag}.json").read_text())
+        results["projection"] = project(results["runs"], results["n_samples"], results["seqlen"])
+        results.pop("llama3_8b_8gpu", None)
+        print(json.dumps(results["projection"], indent=1))
+        print(f"wrote {write_json(f'distributed_{args.tag}.json', results)}")
+        return
     results = {"machine": machine(), "model": args.model, "ratio": args.ratio, "n_samples": args.n_samples,
                "seqlen": args.seqlen, "threads": args.threads, "ranks": args.ranks, "runs": {}}
     work = Path(args.work)
@@ -167,8 +239,8 @@ def main() -> None:
         print(f"{'':12s} speed-up {o['wall_s'] / max(r['wall_s'] for r in many):.2f}x; "
               f"max ‖ΔAB‖/‖AB‖ {gap:.2e}")
         write_json(f"distributed_{args.tag}.json", results)
-    results["llama3_8b_8gpu"] = model_8b(results["runs"])
-    print(json.dumps(results["llama3_8b_8gpu"], indent=1))
+    results["projection"] = project(results["runs"], args.n_samples, args.seqlen)
+    print(json.dumps(results["projection"], indent=1))
     print(f"wrote {write_json(f'distributed_{args.tag}.json', results)}")
 
 
