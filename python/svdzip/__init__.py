@@ -12,6 +12,7 @@ from .config import (ASVDConfig, CompressConfig, FWSVDConfig, NSVDConfig, ResSVD
                      SVDConfig, SVDLLMConfig)
 from .data import calibration_batches
 from .nn import LowRankLinear
+from . import hf  # noqa: E402,F401 - registers quant_method / model_type "svdzip" with transformers
 
 __version__ = "0.1.0"
 

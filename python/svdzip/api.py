@@ -12,6 +12,7 @@ from .calibration.collector import StatsCollector
 from .calibration.fisher import row_fisher
 from .config import CompressConfig
 from .dtypes import all_finite, model_dtype
+from .hf import mark_compressed
 from .pipeline import loop, replay
 from .pipeline.decompose import apply_block
 from .pipeline.group import Single, from_environment
@@ -153,6 +154,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     report.model_params_after = _count(model)
     report.seconds_total = time.perf_counter() - t_start
     report.distributed = group.summary()
+    mark_compressed(model)  # model.save_pretrained(dir) writes a directory from_pretrained reloads
     return report
 
 

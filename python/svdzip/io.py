@@ -13,21 +13,15 @@ import torch
 from torch import nn
 
 from .dtypes import all_finite, dtype_name, model_dtype
-from .nn import LowRankLinear
+from .hf import (FORMAT_VERSION, _rank_map, check_checkpoint, check_rank_map, mark_compressed,
+                 swap_in_lowrank, write_hf_config)
 from .pipeline.checkpoint import Checkpoint
 from .pipeline.layout import block_tensors, resident_tensors
 from .pipeline.shards import DEFAULT_SHARD_SIZE, Plan, ShardWriter, group_entries, replace_dir
 from .pipeline.source import block_prefixes, empty_model, materialize
 from .pipeline.walk import decoder_layers
 
-FORMAT_VERSION = 1
 CONFIG_NAME = "svdzip_config.json"
-
-
-def _rank_map(model: nn.Module) -> dict[str, dict]:
-    return {name: {"rank": m.rank, "in_features": m.in_features, "out_features": m.out_features,
-                   "bias": m.bias is not None}
-            for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
 
 def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None,
@@ -52,7 +46,7 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None,
         for i, g in enumerate(groups):
             writer.write(i, g)
         writer.write_index()
-        model.config.save_pretrained(tmp)
+        write_hf_config(model.config, tmp, modules)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_meta(tmp, type(model).__name__, modules, model_dtype(model), report)
@@ -81,9 +75,11 @@ def _saved_dtype(meta: dict, config, where: Path) -> torch.dtype:
 
 
 def _read_meta(path: Path) -> dict:
+    """svdzip_config.json, or (a directory written by save_pretrained) config.json's
+    quantization_config."""
     f = path / CONFIG_NAME
     if not f.is_file():
-        raise FileNotFoundError(f"{f} not found: {path} is not an svdzip output directory")
+        return _meta_from_hf_config(path)
     try:
         meta = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -91,13 +87,24 @@ def _read_meta(path: Path) -> dict:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{f}: format_version {meta.get('format_version')!r} is not supported "
                          f"(this svdzip reads {FORMAT_VERSION})")
-    modules = meta.get("modules")
-    if not isinstance(modules, dict) or not modules:
-        raise ValueError(f"{f}: 'modules' (the rank map) is missing or empty")
-    for name, spec in modules.items():
-        if not all(isinstance(spec.get(k), int) and spec[k] > 0 for k in ("rank", "in_features", "out_features")):
-            raise ValueError(f"{f}: module {name} has an invalid spec {spec}")
+    check_rank_map(meta.get("modules"), f)
     return meta
+
+
+def _meta_from_hf_config(path: Path) -> dict:
+    f = path / "config.json"
+    try:
+        q = json.loads(f.read_text()).get("quantization_config") or {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        q = {}
+    if q.get("quant_method") != "svdzip":
+        raise FileNotFoundError(f"{path / CONFIG_NAME} not found and {f} has no svdzip quantization_config: "
+                                f"{path} is not an svdzip output directory")
+    if q.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{f}: quantization_config format_version {q.get('format_version')!r} is not supported "
+                         f"(this svdzip reads {FORMAT_VERSION})")
+    check_rank_map(q.get("modules"), f)
+    return {"format_version": FORMAT_VERSION, "modules": q["modules"]}
 
 
 def load_compressed(path, dtype: torch.dtype | None = None, device="cpu") -> nn.Module:
@@ -111,22 +118,10 @@ def load_compressed(path, dtype: torch.dtype | None = None, device="cpu") -> nn.
     config = AutoConfig.from_pretrained(path)
     dtype = dtype or _saved_dtype(meta, config, path)
     model = empty_model(path, dtype, config)
-    named = dict(model.named_modules())
-    for name, spec in meta["modules"].items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = named.get(parent_name)
-        if parent is None or not isinstance(getattr(parent, attr, None), nn.Linear):
-            raise ValueError(f"{path / CONFIG_NAME}: module {name} is not a Linear in {type(model).__name__}")
-        setattr(parent, attr, LowRankLinear(spec["in_features"], spec["out_features"], spec["rank"],
-                                            spec["bias"], device="meta", dtype=dtype))
+    swap_in_lowrank(model, meta["modules"], path / CONFIG_NAME, dtype)
     ckpt = Checkpoint(path)
-    state = model.state_dict(keep_vars=True)
-    stored = {id(t) for n, t in state.items() if n in ckpt}   # tied tensors: one name suffices
-    unexpected = sorted(set(ckpt.files) - set(state))
-    missing = sorted(n for n, t in state.items() if id(t) not in stored)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the rank map: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    check_checkpoint(model, ckpt, path)
     materialize(model, "", ckpt, torch.device(device), dtype)
     model.eval()
+    mark_compressed(model)  # model.save_pretrained writes an svdzip directory too
     return model

@@ -148,9 +148,10 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     report.seconds_total = time.perf_counter() - t_start
 
     def extras(directory: Path) -> None:
+        from .hf import write_hf_config
         from .io import write_meta
 
-        source.model.config.save_pretrained(directory)
+        write_hf_config(source.model.config, directory, rank_map)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         write_meta(directory, type(source.model).__name__, rank_map,

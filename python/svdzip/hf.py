@@ -1,0 +1,200 @@
+"""Hugging Face integration: `import svdzip` registers quant_method "svdzip", so that
+`AutoModelForCausalLM.from_pretrained(svdzip_dir)` builds LowRankLinear on the meta skeleton and
+loads the factors, and `save_pretrained` of such a model writes a directory that loads the same way.
+
+Never random weights: an svdzip directory's config.json says `"model_type": "svdzip"` (the real
+one is in `quantization_config.base_model_type`). Without svdzip imported, transformers stops
+with "model type `svdzip` ... does not recognize this architecture"; an unknown quant_method
+alone would only be warned about, and the missing dense weights filled with random values.
+With svdzip imported, AutoConfig maps "svdzip" to the base model's own config class (no model
+code is copied or wrapped), and the quantizer below puts LowRankLinear where the rank map says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+MODEL_TYPE = "svdzip"
+FORMAT_VERSION = 1
+
+
+def _rank_map(model: nn.Module) -> dict[str, dict]:
+    from .nn import LowRankLinear
+
+    return {name: {"rank": m.rank, "in_features": m.in_features, "out_features": m.out_features,
+                   "bias": m.bias is not None}
+            for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
+
+
+def check_rank_map(modules, where) -> None:
+    if not isinstance(modules, dict) or not modules:
+        raise ValueError(f"{where}: 'modules' (the rank map) is missing or empty")
+    for name, spec in modules.items():
+        if not all(isinstance(spec.get(k), int) and spec[k] > 0 for k in ("rank", "in_features", "out_features")):
+            raise ValueError(f"{where}: module {name} has an invalid spec {spec}")
+
+
+def swap_in_lowrank(model: nn.Module, modules: dict, where, dtype=None) -> None:
+    """Put a meta LowRankLinear in place of each Linear the rank map names (dtype: the Linear's)."""
+    from .nn import LowRankLinear
+
+    named = dict(model.named_modules())
+    for name, spec in modules.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = named.get(parent_name)
+        old = getattr(parent, attr, None) if parent is not None else None
+        if not isinstance(old, nn.Linear):
+            raise ValueError(f"{where}: module {name} is not a Linear in {type(model).__name__}")
+        if (old.in_features, old.out_features) != (spec["in_features"], spec["out_features"]):
+            raise ValueError(f"{where}: module {name} is {old.out_features}x{old.in_features} in the "
+                             f"model but {spec['out_features']}x{spec['in_features']} in the rank map")
+        setattr(parent, attr, LowRankLinear(spec["in_features"], spec["out_features"], spec["rank"],
+                                            spec["bias"], device="meta", dtype=dtype or old.weight.dtype))
+
+
+def check_checkpoint(model: nn.Module, ckpt, where, tied=()) -> None:
+    """The checkpoint holds exactly the model's tensors (tied ones once; `tied`: names that
+    will be tied to another after loading): else a ValueError naming what is missing or
+    unexpected, before anything is loaded (never a random init)."""
+    state = model.state_dict(keep_vars=True)
+    stored = {id(t) for n, t in state.items() if n in ckpt}
+    unexpected = sorted(set(ckpt.files) - set(state))
+    missing = sorted(n for n, t in state.items() if id(t) not in stored and n not in tied)
+    if missing or unexpected:
+        raise ValueError(f"{where}: weights do not match the rank map: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+def check_loaded(model: nn.Module, where) -> None:
+    """Every factor is real and finite after loading."""
+    from .dtypes import all_finite
+    from .nn import LowRankLinear
+
+    for name, m in model.named_modules():
+        if isinstance(m, LowRankLinear):
+            for pname, p in m.named_parameters():
+                if p.is_meta or not all_finite(p):
+                    raise ValueError(f"{where}: {name}.{pname} was not loaded or is not finite")
+
+
+def hf_config_dict(config, modules: dict) -> dict:
+    """config.json of an svdzip directory: the model's config, model_type "svdzip", and the
+    quantization_config that rebuilds it."""
+    d = config.to_dict()
+    base = getattr(type(config), "base_model_type", None) or d["model_type"]
+    d["quantization_config"] = {"quant_method": MODEL_TYPE, "format_version": FORMAT_VERSION,
+                                "base_model_type": base, "modules": modules}
+    d["model_type"] = MODEL_TYPE
+    return d
+
+
+def write_hf_config(config, directory, modules: dict) -> None:
+    (Path(directory) / "config.json").write_text(json.dumps(hf_config_dict(config, modules), indent=2,
+                                                            sort_keys=True) + "\n")
+
+
+def mark_compressed(model: nn.Module) -> None:
+    """Make `model.save_pretrained(dir)` write an svdzip directory (model_type "svdzip" and the
+    quantization_config in config.json): the config's class becomes a subclass of its own that
+    changes only what it writes."""
+    modules = _rank_map(model)
+    if not modules:
+        return
+    config = model.config
+    base = type(config)
+    if getattr(base, "base_model_type", None) is None:
+        config.__class__ = _writing_class(base)
+    config.quantization_config = SvdzipQuantizationConfig(modules=modules,
+                                                          base_model_type=config.__class__.base_model_type)
+
+
+_WRITING: dict[type, type] = {}
+
+
+def _writing_class(base: type) -> type:
+    """base's subclass whose to_dict says model_type "svdzip" (model_type, for the code that
+    reads it at run time, stays the base's)."""
+    if base not in _WRITING:
+        def to_dict(self):
+            d = base.to_dict(self)
+            d["model_type"] = MODEL_TYPE
+            return d
+        _WRITING[base] = type(base.__name__, (base,), {"to_dict": to_dict, "base_model_type": base.model_type,
+                                                       "__module__": base.__module__})
+    return _WRITING[base]
+
+
+def _register() -> None:
+    from transformers import AutoConfig, PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+
+    global SvdzipQuantizationConfig
+
+    class SvdzipConfig(PretrainedConfig):
+        """Stands for model_type "svdzip" in AutoConfig: reading one gives the base model's own
+        config class (quantization_config.base_model_type), quantization_config included."""
+        model_type = MODEL_TYPE
+
+        @classmethod
+        def from_dict(cls, config_dict, **kwargs):
+            q = config_dict.get("quantization_config") or {}
+            base = q.get("base_model_type")
+            if q.get("quant_method") != MODEL_TYPE or base not in CONFIG_MAPPING:
+                raise ValueError(f"config.json says model_type 'svdzip' but its quantization_config "
+                                 f"{ {k: v for k, v in q.items() if k != 'modules'} } names no known base model type")
+            return CONFIG_MAPPING[base].from_dict({**config_dict, "model_type": base}, **kwargs)
+
+    class SvdzipQuantizationConfig(QuantizationConfigMixin):  # noqa: F811 - registered below
+        def __init__(self, modules=None, base_model_type=None, format_version=FORMAT_VERSION, **kwargs):
+            self.quant_method = MODEL_TYPE
+            self.format_version = format_version
+            self.base_model_type = base_model_type
+            self.modules = modules or {}
+            if format_version != FORMAT_VERSION:
+                raise ValueError(f"svdzip quantization_config format_version {format_version!r} is not "
+                                 f"supported (this svdzip reads {FORMAT_VERSION})")
+            check_rank_map(self.modules, "quantization_config")
+
+    class SvdzipHfQuantizer(HfQuantizer):
+        """Loads svdzip factors: LowRankLinear on the meta skeleton before the weights arrive."""
+        requires_calibration = True  # an svdzip directory is made by svdzip.compress, not here
+
+        def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+            from .pipeline.checkpoint import Checkpoint
+
+            swap_in_lowrank(model, self.quantization_config.modules, "quantization_config")
+            if checkpoint_files:
+                where = Path(checkpoint_files[0]).parent
+                check_checkpoint(model, Checkpoint(where), where, getattr(model, "all_tied_weights_keys", {}))
+            return model
+
+        def _process_model_after_weight_loading(self, model, **kwargs):
+            check_loaded(model, getattr(model.config, "_name_or_path", "") or type(model).__name__)
+            config = model.config
+            if getattr(type(config), "base_model_type", None) is None:
+                config.__class__ = _writing_class(type(config))
+            return model
+
+        def is_serializable(self, safe_serialization=None):
+            return True
+
+        @property
+        def is_trainable(self):
+            return True
+
+        @property
+        def is_compileable(self):
+            return True
+
+    AutoConfig.register(MODEL_TYPE, SvdzipConfig, exist_ok=True)
+    register_quantization_config(MODEL_TYPE)(SvdzipQuantizationConfig)
+    register_quantizer(MODEL_TYPE)(SvdzipHfQuantizer)
+
+
+SvdzipQuantizationConfig = None  # the registered class, once _register() ran
+_register()
