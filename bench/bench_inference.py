@@ -2,6 +2,7 @@
 
   python bench/bench_inference.py                     # CPU, ratios 0.8 and 0.6
   python bench/bench_inference.py --device cuda
+  python bench/bench_inference.py --compile           # + each model under torch.compile, static cache
 
 Prefill: one forward over --prefill tokens. Decode: greedy generate() with the KV cache,
 --new-tokens tokens after a 16-token prompt (prefill time subtracted). Compressed models use
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true",
+                    help="also each model compiled: torch.compile(forward, fullgraph=True), static KV cache")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device")
@@ -43,17 +46,25 @@ def main() -> None:
         if ratio < 1.0:
             sz.compress(model, sz.SVDConfig(ratio=ratio), progress=False)
         model.to(args.device).eval()
-        r = {"model": "dense" if ratio == 1.0 else f"svd {ratio}", "ratio": ratio,
-             **inference_speed(model, prompt, args.new_tokens, args.repeats)}
-        base = rows[0] if rows else r
-        r["prefill_speedup"] = r["prefill_tok_s"] / base["prefill_tok_s"]
-        r["decode_speedup"] = r["decode_tok_s"] / base["decode_tok_s"]
-        rows.append(r)
-        print(f"{r['model']:10s} {r['model_mb']:7.0f} {r['prefill_tok_s']:14.0f} {r['decode_tok_s']:13.1f} "
-              f"{r['prefill_speedup']:8.2f}x {r['decode_speedup']:7.2f}x", flush=True)
+        name = "dense" if ratio == 1.0 else f"svd {ratio}"
+        modes = [("", {})]
+        if args.compile:
+            modes.append((" compiled", {"cache_implementation": "static"}))
+        for suffix, gen in modes:
+            if suffix:
+                model.forward = torch.compile(model.forward, fullgraph=True)
+            r = {"model": name + suffix, "ratio": ratio, "compiled": bool(suffix),
+                 **inference_speed(model, prompt, args.new_tokens, args.repeats, **gen)}
+            base = rows[0] if rows else r  # dense eager
+            r["prefill_speedup"] = r["prefill_tok_s"] / base["prefill_tok_s"]
+            r["decode_speedup"] = r["decode_tok_s"] / base["decode_tok_s"]
+            rows.append(r)
+            print(f"{r['model']:19s} {r['model_mb']:7.0f} {r['prefill_tok_s']:14.0f} {r['decode_tok_s']:13.1f} "
+                  f"{r['prefill_speedup']:8.2f}x {r['decode_speedup']:7.2f}x", flush=True)
         del model
     dev = torch.device(args.device).type
-    path = write_json(f"inference_{dev}.json", {"machine": machine(dev), "args": vars(args), "rows": rows})
+    path = write_json(f"inference_{dev}{'_compiled' if args.compile else ''}.json",
+                      {"machine": machine(dev), "args": vars(args), "rows": rows})
     print(f"wrote {path}")
 
 

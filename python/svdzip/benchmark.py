@@ -31,9 +31,12 @@ def model_bytes(model) -> int:
 
 
 @torch.no_grad()
-def inference_speed(model, prompt: torch.Tensor, new_tokens: int = 32, repeats: int = 3) -> dict:
+def inference_speed(model, prompt: torch.Tensor, new_tokens: int = 32, repeats: int = 3,
+                    **generate_kwargs) -> dict:
     """Prefill tokens/s (one forward over `prompt`, shape (1, T)) and greedy decode tokens/s
-    (generate() with the KV cache, exactly `new_tokens` new tokens, prefill time subtracted)."""
+    (generate() with the KV cache, exactly `new_tokens` new tokens, prefill time subtracted).
+    `generate_kwargs` go to generate() (e.g. cache_implementation="static" for a compiled
+    forward); the warm-up run of each timing absorbs compilation."""
     device = next(model.parameters()).device
     prompt = prompt.to(device)
     prefill = median_time(lambda: model(prompt, use_cache=False), repeats=repeats, warmup=1,
@@ -41,7 +44,7 @@ def inference_speed(model, prompt: torch.Tensor, new_tokens: int = 32, repeats: 
     short = prompt[:, :16]
     first = median_time(lambda: model(short, use_cache=True), repeats=repeats, warmup=1, device=str(device))
     gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-               pad_token_id=model.config.eos_token_id)
+               pad_token_id=model.config.eos_token_id, **generate_kwargs)
     total = median_time(lambda: model.generate(short, **gen), repeats=repeats, warmup=1, device=str(device))
     decode = max(total - first, 1e-9)
     return {"prefill_tokens": prompt.shape[1], "prefill_tok_s": prompt.shape[1] / prefill,
