@@ -52,6 +52,7 @@ def main() -> None:
             modes.append((" compiled", {"cache_implementation": "static"}))
         for suffix, gen in modes:
             if suffix:
+                torch._dynamo.reset()  # the models share code objects: each compile starts afresh
                 model.forward = torch.compile(model.forward, fullgraph=True)
             r = {"model": name + suffix, "ratio": ratio, "compiled": bool(suffix),
                  **inference_speed(model, prompt, args.new_tokens, args.repeats, **gen)}
