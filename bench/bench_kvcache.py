@@ -35,11 +35,11 @@ def decode(model, prompt, new_tokens: int, make_cache, repeats: int, device: str
     holder = {}
 
     def prefill():
-        model(prompt, past_key_values=make_cache(), use_cache=True)
+        model(prompt, cache=make_cache(), use_cache=True)
 
     def run():
         holder["cache"] = make_cache()
-        holder["out"] = model.generate(prompt, past_key_values=holder["cache"], **gen)
+        holder["out"] = model.generate(prompt, cache=holder["cache"], **gen)
 
     first = median_time(prefill, repeats=repeats, warmup=1, device=device)
     total = median_time(run, repeats=repeats, warmup=1, device=device)

@@ -111,7 +111,7 @@ def test_lowrank_kv_cache_on_a_model_loaded_by_from_pretrained(tmp_path):
     ids = calib(1)[:, :6]
     want = loaded.generate(ids, max_new_tokens=16, do_sample=False)
     with LowRankKVCache(loaded) as cache:
-        got = loaded.generate(ids, past_key_values=cache, max_new_tokens=16, do_sample=False)
+        got = loaded.generate(ids, cache=cache, max_new_tokens=16, do_sample=False)
     assert torch.equal(got, want)
 
 

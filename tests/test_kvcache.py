@@ -23,7 +23,7 @@ def _compress_kv(model, rank_of):
 
 
 def _generate(model, ids, cache, n=64):
-    out = model.generate(ids, past_key_values=cache, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+    out = model.generate(ids, cache=cache, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                          output_logits=True, return_dict_in_generate=True, pad_token_id=0)
     return out.sequences, torch.stack(out.logits, dim=1)
 
@@ -67,9 +67,9 @@ def test_cache_holds_fewer_bytes_than_dense_cache():
     ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(5))
     dense = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(ids, past_key_values=dense, use_cache=True)
+        model(ids, cache=dense, use_cache=True)
     with LowRankKVCache(model) as cache, torch.no_grad():
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, cache=cache, use_cache=True)
         low = cache.nbytes()
     dense_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in dense.layers)
     # latents are out/4 wide; positions add one int64 per token per layer
@@ -99,7 +99,7 @@ def test_closed_cache_leaves_no_hooks():
     assert len(attn._forward_pre_hooks) == before
     with pytest.raises(RuntimeError, match="pre-hook did not run"):
         with torch.no_grad():
-            model(torch.zeros(1, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
+            model(torch.zeros(1, 3, dtype=torch.long), cache=cache, use_cache=True)
 
 
 def test_no_lowrank_kv_is_an_error():

@@ -9,7 +9,7 @@ which stores the latents and returns the rebuilt past keys/values followed by th
 ones. Layers whose k_proj and v_proj are not both low-rank keep a plain dense cache layer.
 
     with LowRankKVCache(model) as cache:
-        out = model.generate(ids, past_key_values=cache, max_new_tokens=64)
+        out = model.generate(ids, cache=cache, max_new_tokens=64)
 """
 
 from __future__ import annotations
