@@ -29,6 +29,7 @@ def test_compress_then_eval_smollm2(tmp_path):
 def test_cli_rejects_bad_input(tmp_path):
     r = svdzip("compress", "smollm2-135m", str(tmp_path / "o"), "--ratio", "0")
     assert r.returncode != 0 and "ratio = 0.0 must be a number in (0, 1]" in r.stderr
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]  # a clear message, not a crash
     r = svdzip("compress", "no-such-model", str(tmp_path / "o"), "--method", "svd")
     assert r.returncode != 0 and "neither a known model alias" in r.stderr
     r = svdzip("eval", str(tmp_path), "--data", "wiki")

@@ -141,7 +141,7 @@ def make_config(args):
         kw[field] = value
     try:
         return cls(**kw)
-    except (ValueError, RankFailed) as exc:
+    except ValueError as exc:
         raise SystemExit(f"svdzip compress: {exc}") from exc
 
 
