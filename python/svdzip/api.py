@@ -162,11 +162,7 @@ def _fisher(model, targets, calibration, share, group, progress) -> dict:
     """FWSVD's row Fisher sums: each rank's share, summed over the ranks."""
     with group.agree("computing Fisher sums"):
         stats = row_fisher(model, targets, calibration[share], progress)
-    if group.distributed:
-        tokens = torch.tensor([stats[t.name]["tokens"] for t in targets], dtype=torch.int64)
-        group.all_reduce_([stats[t.name]["fisher"] for t in targets] + [tokens])
-        for t, n in zip(targets, tokens.tolist()):
-            stats[t.name]["tokens"] = n
+    group.all_reduce_stats(stats)
     return stats
 
 

@@ -46,10 +46,8 @@ def _fisher_pass(sink: ShardSink, source: Offloaded, targets, calibration, batch
             spill = sink.state / ("fisher-spill" + (f"-rank{group.rank}" if group.distributed else ""))
             stats = row_fisher_blockwise(source, targets, hidden, block_args, calibration, spill, progress)
             source.onload_resident()
-        names = sorted(stats)
-        tokens = torch.tensor([stats[n]["tokens"] for n in names], dtype=torch.int64)
-        group.all_reduce_([stats[n]["fisher"] for n in names] + [tokens])
-        return {"tokens": dict(zip(names, tokens.tolist()))}, {n: stats[n]["fisher"] for n in names}
+        group.all_reduce_stats(stats)
+        return {"tokens": {n: st["tokens"] for n, st in stats.items()}}, {n: st["fisher"] for n, st in stats.items()}
 
     tokens, fisher = sink.remembered("fisher", compute)
     return {n: {"fisher": f, "tokens": tokens["tokens"][n]} for n, f in fisher.items()}

@@ -92,9 +92,6 @@ class Single:
     def reduce_stats(self, raw: dict[str, dict], destinations: dict[str, list[int]]) -> None:
         pass
 
-    def all_reduce_(self, tensors, op=None) -> None:
-        pass
-
     def all_reduce_stats(self, raw: dict[str, dict]) -> None:
         pass
 
@@ -167,43 +164,42 @@ class Distributed(Single):
     def owners(self, targets) -> dict[str, int]:
         return assign_owners(targets, self.world)
 
+    @contextlib.contextmanager
+    def _reducible(self, st: dict):
+        """[(tensor, reduce op)] for one statistics dict: the sums and max|x|, and the token
+        count as a tensor for the time of the collectives (an int again afterwards)."""
+        st["tokens"] = torch.tensor(st["tokens"], dtype=torch.int64, device=st_device(st))
+        try:
+            yield [(st[k], self.dist.ReduceOp.MAX if k in MAX_KEYS else self.dist.ReduceOp.SUM)
+                   for k in SUM_KEYS + MAX_KEYS if k in st]
+        finally:
+            st["tokens"] = int(st["tokens"])
+
     def reduce_stats(self, raw: dict[str, dict], destinations: dict[str, list[int]]) -> None:
         """Sum (max for max|x|) each leader's statistics onto the first rank that needs them, in
         a fixed order, and send that rank's result to the others that need them; the ranks that
         need none drop them."""
         for leader, ranks in destinations.items():
-            st, home = raw[leader], ranks[0]
-            if not isinstance(st["tokens"], torch.Tensor):
-                st["tokens"] = torch.tensor(st["tokens"], dtype=torch.int64, device=st_device(st))
-            for key in SUM_KEYS + MAX_KEYS:
-                if key not in st:
-                    continue
-                op = self.dist.ReduceOp.MAX if key in MAX_KEYS else self.dist.ReduceOp.SUM
-                t, nbytes = st[key], st[key].numel() * st[key].element_size()
-                self._timed(lambda: self.dist.reduce(t, op=op, group=self.pg, group_dst=home), nbytes)
-                for r in ranks[1:]:
-                    if self.rank == home:
-                        self._timed(lambda: self.dist.send(t, group=self.pg, group_dst=r), nbytes)
-                    elif self.rank == r:
-                        self._timed(lambda: self.dist.recv(t, group=self.pg, group_src=home), nbytes)
-            st["tokens"] = int(st["tokens"])
+            home = ranks[0]
+            with self._reducible(raw[leader]) as tensors:
+                for t, op in tensors:
+                    nbytes = t.numel() * t.element_size()
+                    self._timed(lambda: self.dist.reduce(t, op=op, group=self.pg, group_dst=home), nbytes)
+                    for r in ranks[1:]:
+                        if self.rank == home:
+                            self._timed(lambda: self.dist.send(t, group=self.pg, group_dst=r), nbytes)
+                        elif self.rank == r:
+                            self._timed(lambda: self.dist.recv(t, group=self.pg, group_src=home), nbytes)
             if self.rank not in ranks:
                 raw[leader] = None
 
-    def all_reduce_(self, tensors, op=None) -> None:
-        """Sums (or `op`) in place on every rank (FWSVD's Fisher sums)."""
-        op = self.dist.ReduceOp.SUM if op is None else op
-        for t in tensors:
-            self._timed(lambda: self.dist.all_reduce(t, op=op, group=self.pg), t.numel() * t.element_size())
-
     def all_reduce_stats(self, raw: dict[str, dict]) -> None:
-        """Every leader's statistics summed (max for max|x|) onto every rank (the trials)."""
+        """Every statistics dict summed (max for max|x|) onto every rank, in place and in the
+        dict's order (the trials' statistics; FWSVD's Fisher sums)."""
         for st in raw.values():
-            st["tokens"] = torch.tensor(st["tokens"], dtype=torch.int64, device=st_device(st))
-            for key in SUM_KEYS + MAX_KEYS:
-                if key in st:
-                    self.all_reduce_([st[key]], self.dist.ReduceOp.MAX if key in MAX_KEYS else None)
-            st["tokens"] = int(st["tokens"])
+            with self._reducible(st) as tensors:
+                for t, op in tensors:
+                    self._timed(lambda: self.dist.all_reduce(t, op=op, group=self.pg), t.numel() * t.element_size())
 
     def broadcast_(self, tensor: torch.Tensor, src: int) -> None:
         self._timed(lambda: self.dist.broadcast(tensor, group=self.pg, group_src=src),

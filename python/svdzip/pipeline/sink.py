@@ -170,20 +170,17 @@ class ShardSink:
         the progress that lets a new process continue at i + 1 (rank 0, once all are written).
         `resume_point=False`: the tensors only (the hidden states in hand are not those entering
         i + 1: a window of blocks, pipeline/loop.py run_windows); a resume redoes the block."""
-        if not resume_point:
-            with self.group.agree(f"writing block {i}"):
-                if self.group.rank == 0:
-                    self.writer.write(i + 1, tensors)
-            return
         name = f"hidden-{i + 1:05d}"
         with self.group.agree(f"writing block {i}"):
             if self.group.rank == 0:
                 self.writer.write(i + 1, tensors)
-            if hidden:
+            if resume_point and hidden:
                 stem = self._rank_file(f"{name}.safetensors")[:-len(".safetensors")]
                 entries = [Entry(str(j), h.dtype, tuple(h.shape)) for j, h in enumerate(hidden)]
                 ShardWriter(self.state, Plan([entries], shard_size=1 << 62, stem=stem)).write(
                     0, {str(j): h for j, h in enumerate(hidden)})
+        if not resume_point:
+            return
         current = f"{name}.safetensors" if hidden else None
         if self.group.rank == 0:
             progress = {"fingerprint": self.fingerprint, "next_block": i + 1, "hidden": current,
