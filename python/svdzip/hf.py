@@ -103,15 +103,19 @@ def mark_compressed(model: nn.Module) -> None:
     modules = _rank_map(model)
     if not modules:
         return
-    config = model.config
-    base = type(config)
-    if getattr(base, "base_model_type", None) is None:
-        config.__class__ = _writing_class(base)
+    config = _writes_svdzip(model.config)
     config.quantization_config = SvdzipQuantizationConfig(modules=modules,
-                                                          base_model_type=config.__class__.base_model_type)
+                                                          base_model_type=type(config).base_model_type)
 
 
 _WRITING: dict[type, type] = {}
+
+
+def _writes_svdzip(config):
+    """`config`, its class swapped (once) for the subclass that writes model_type "svdzip"."""
+    if getattr(type(config), "base_model_type", None) is None:
+        config.__class__ = _writing_class(type(config))
+    return config
 
 
 def _writing_class(base: type) -> type:
@@ -175,9 +179,7 @@ def _register() -> None:
 
         def _process_model_after_weight_loading(self, model, **kwargs):
             check_loaded(model, getattr(model.config, "_name_or_path", "") or type(model).__name__)
-            config = model.config
-            if getattr(type(config), "base_model_type", None) is None:
-                config.__class__ = _writing_class(type(config))
+            _writes_svdzip(model.config)
             return model
 
         def is_serializable(self, safe_serialization=None):
