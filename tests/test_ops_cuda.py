@@ -5,7 +5,7 @@ import torch
 from svdzip import _native, _reference
 
 pytestmark = pytest.mark.cuda
-OPS = ["gram_accumulate_", "abs_mean_accumulate_", "abs_max_accumulate_", "batched_svd",
+OPS = ["gram_accumulate_", "cross_gram_accumulate_", "abs_mean_accumulate_", "abs_max_accumulate_", "batched_svd",
        "whitening_factor", "lowrank_linear"]
 
 
@@ -36,6 +36,21 @@ def test_gram_cuda(cuda_ops, acc_dtype, x_dtype):
     tol = 1e-3 if acc_dtype == torch.float32 else 1e-9
     assert torch.equal(acc, acc.T), "Gram must be exactly symmetric"
     assert torch.allclose(acc.cpu().double(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("acc_dtype,x_dtype", [(torch.float32, torch.float32),
+                                               (torch.float64, torch.float32),
+                                               (torch.float64, torch.float64)])
+def test_cross_gram_cuda(cuda_ops, acc_dtype, x_dtype):
+    x = torch.randn(3, 700, 72, device="cuda", generator=_cuda_gen()).to(x_dtype)
+    y = torch.randn(2100, 72, device="cuda", generator=_cuda_gen()).to(x_dtype) + x.reshape(-1, 72)
+    acc = torch.zeros(72, 72, dtype=acc_dtype, device="cuda")
+    cuda_ops.cross_gram_accumulate_(acc, x, y, 0.5)
+    ref = torch.zeros(72, 72, dtype=torch.float64)
+    _reference.cross_gram_accumulate_(ref, x.cpu().double(), y.cpu().double(), 0.5)
+    tol = 1e-3 if acc_dtype == torch.float32 else 1e-9
+    assert torch.allclose(acc.cpu().double(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
+    torch.library.opcheck(cuda_ops.cross_gram_accumulate_.default, (acc, x, y, 1.0))
 
 
 @pytest.mark.parametrize("rows,n", [(1, 5), (1500, 33), (70000, 40)])

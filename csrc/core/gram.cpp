@@ -92,6 +92,42 @@ void gram_accumulate_rows(double* acc, const double* x, index_t rows, index_t n,
   gram_slab(acc, x, rows, n, ldx, alpha, r0, r1);
 }
 
+namespace {
+
+// Row-major acc rows [r0, r1) = x[:, r0:r1]^T y. In BLAS's column-major view x is X^T (n x
+// rows) and acc is acc^T, so columns [r0, r1) of acc^T = y^T x[:, r0:r1] = Yc Xc[r0:r1, :]^T.
+template <typename T>
+void cross_gram_slab(T* acc, const T* x, const T* y, index_t rows, index_t n, index_t ldx,
+                     index_t ldy, double alpha, index_t r0, index_t r1) {
+  if (n <= 0) throw Error("cross_gram_accumulate: n = " + std::to_string(n) + " must be positive");
+  if (rows < 0) throw Error("cross_gram_accumulate: rows = " + std::to_string(rows) + " is negative");
+  if (ldx < n || ldy < n)
+    throw Error("cross_gram_accumulate: row strides ldx = " + std::to_string(ldx) + ", ldy = " +
+                std::to_string(ldy) + " must be >= n = " + std::to_string(n));
+  if (r0 < 0 || r1 < r0 || r1 > n)
+    throw Error("cross_gram_accumulate: rows [" + std::to_string(r0) + ", " + std::to_string(r1) +
+                ") are not inside [0, n = " + std::to_string(n) + "]");
+  const int w = detail::to_int(r1 - r0, "slab width"), k = detail::to_int(rows, "rows"),
+            ni = detail::to_int(n, "n");
+  if (w == 0 || k == 0) return;
+  detail::gemm("N", "T", ni, w, k, static_cast<T>(alpha), y, detail::to_int(ldy, "ldy"), x + r0,
+               detail::to_int(ldx, "ldx"), T(1), acc + r0 * n, ni);
+}
+
+}  // namespace
+
+void cross_gram_accumulate_rows(float* acc, const float* x, const float* y, index_t rows,
+                                index_t n, index_t ldx, index_t ldy, double alpha, index_t r0,
+                                index_t r1) {
+  cross_gram_slab(acc, x, y, rows, n, ldx, ldy, alpha, r0, r1);
+}
+
+void cross_gram_accumulate_rows(double* acc, const double* x, const double* y, index_t rows,
+                                index_t n, index_t ldx, index_t ldy, double alpha, index_t r0,
+                                index_t r1) {
+  cross_gram_slab(acc, x, y, rows, n, ldx, ldy, alpha, r0, r1);
+}
+
 template <typename Acc, typename T>
 void abs_sum_accumulate(Acc* acc, const T* x, index_t rows, index_t n, index_t ldx,
                         double alpha) {

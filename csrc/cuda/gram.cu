@@ -142,6 +142,28 @@ void gram_accumulate(const Context& ctx, Workspace& ws, double* acc, const float
   mirror(ctx, acc, n);
 }
 
+namespace {
+// Column-major: acc^T (n x n) += Yc Xc^T with Xc = x^T, Yc = y^T (see core's cross_gram_slab).
+template <typename T>
+void cross_gram(const Context& ctx, T* acc, const T* x, const T* y, index_t rows, index_t n,
+                index_t ldx, index_t ldy, double alpha) {
+  if (rows <= 0) return;
+  const T a = static_cast<T>(alpha), one = 1;
+  detail::check(detail::gemm(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_T, n, n, rows, &a, y, ldy, x, ldx,
+                             &one, acc, n), "cublas<t>gemm (cross_gram_accumulate)");
+}
+}  // namespace
+
+void cross_gram_accumulate(const Context& ctx, float* acc, const float* x, const float* y,
+                           index_t rows, index_t n, index_t ldx, index_t ldy, double alpha) {
+  cross_gram(ctx, acc, x, y, rows, n, ldx, ldy, alpha);
+}
+
+void cross_gram_accumulate(const Context& ctx, double* acc, const double* x, const double* y,
+                           index_t rows, index_t n, index_t ldx, index_t ldy, double alpha) {
+  cross_gram(ctx, acc, x, y, rows, n, ldx, ldy, alpha);
+}
+
 template <typename Acc, typename T>
 void abs_sum_accumulate(const Context& ctx, Workspace& ws, Acc* acc, const T* x, index_t rows,
                         index_t n, index_t ldx, double alpha) {

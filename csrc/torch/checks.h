@@ -54,6 +54,14 @@ inline void check_stat_args(const at::Tensor& acc, const at::Tensor& x, const ch
                    ": float64 x into a float32 acc would lose precision");
 }
 
+// The cross-Gram's x and y: each a valid statistics input for acc, with the same rows.
+inline void check_cross_gram_args(const at::Tensor& acc, const at::Tensor& x, const at::Tensor& y) {
+  check_stat_args(acc, x, "cross_gram_accumulate_", 2);
+  check_stat_args(acc, y, "cross_gram_accumulate_", 2);
+  TORCH_CHECK_VALUE(x.numel() == y.numel(), "cross_gram_accumulate_: x ", x.sizes(), " and y ",
+                    y.sizes(), " must hold the same rows (the same tokens)");
+}
+
 inline void check_svd_args(const at::Tensor& A, int64_t k) {
   check_float_dtype(A, "batched_svd", "A");
   TORCH_CHECK_VALUE(A.dim() >= 2, "batched_svd: A must have at least 2 dims, got ", A.sizes());

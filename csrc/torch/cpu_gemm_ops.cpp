@@ -42,6 +42,31 @@ void gram_accumulate_cpu(at::Tensor& acc, const at::Tensor& x, double alpha) {
   });
 }
 
+// acc += alpha * x^T y as equal-width row slabs of acc, one GEMM each on torch's threads
+// (single-threaded OpenBLAS inside, as for the Gram).
+void cross_gram_accumulate_cpu(at::Tensor& acc, const at::Tensor& x, const at::Tensor& y,
+                               double alpha) {
+  check_cross_gram_args(acc, x, y);
+  const int64_t n = x.size(-1);
+  at::Tensor xr = as_rows(x, n, at::kFloat).to(acc.scalar_type()).contiguous();
+  at::Tensor yr = as_rows(y, n, at::kFloat).to(acc.scalar_type()).contiguous();
+  const int64_t r = xr.size(0);
+  if (r == 0) return;
+  const int64_t slabs = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 64));
+  auto edge = [&](int64_t p) { return n * p / slabs; };
+  call_core("cross_gram_accumulate_", [&] {
+    AT_DISPATCH_FLOATING_TYPES(acc.scalar_type(), "cross_gram_accumulate_", [&] {
+      scalar_t* a = acc.data_ptr<scalar_t>();
+      const scalar_t* xs = xr.data_ptr<scalar_t>();
+      const scalar_t* ys = yr.data_ptr<scalar_t>();
+      at::parallel_for(0, slabs, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p)
+          core::cross_gram_accumulate_rows(a, xs, ys, r, n, n, n, alpha, edge(p), edge(p + 1));
+      });
+    });
+  });
+}
+
 at::Tensor lowrank_linear_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                               const std::optional<at::Tensor>& bias) {
   check_lowrank_args(x, A, B, bias);
@@ -59,6 +84,7 @@ at::Tensor lowrank_linear_cpu(const at::Tensor& x, const at::Tensor& A, const at
 
 TORCH_LIBRARY_IMPL(svdzip, CPU, m) {
   m.impl("gram_accumulate_", &gram_accumulate_cpu);
+  m.impl("cross_gram_accumulate_", &cross_gram_accumulate_cpu);
   m.impl("lowrank_linear", &lowrank_linear_cpu);
 }
 

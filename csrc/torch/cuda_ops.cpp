@@ -57,6 +57,25 @@ void gram_accumulate_cuda(at::Tensor& acc, const at::Tensor& x, double alpha) {
   });
 }
 
+void cross_gram_accumulate_cuda(at::Tensor& acc, const at::Tensor& x, const at::Tensor& y,
+                                double alpha) {
+  check_cross_gram_args(acc, x, y);
+  c10::cuda::CUDAGuard guard(acc.device());
+  const index_t n = x.size(-1);
+  at::Tensor xr = as_rows(x, n, at::kFloat).to(acc.scalar_type()).contiguous();
+  at::Tensor yr = as_rows(y, n, at::kFloat).to(acc.scalar_type()).contiguous();
+  if (xr.size(0) == 0) return;
+  call_core("cross_gram_accumulate_", [&] {
+    const auto ctx = current_context();
+    if (acc.scalar_type() == at::kFloat)
+      cuda::cross_gram_accumulate(ctx, acc.data_ptr<float>(), xr.data_ptr<float>(),
+                                  yr.data_ptr<float>(), xr.size(0), n, n, n, alpha);
+    else
+      cuda::cross_gram_accumulate(ctx, acc.data_ptr<double>(), xr.data_ptr<double>(),
+                                  yr.data_ptr<double>(), xr.size(0), n, n, n, alpha);
+  });
+}
+
 template <bool kMax>
 void abs_stat_cuda(at::Tensor& acc, const at::Tensor& x, double alpha, const char* op) {
   check_stat_args(acc, x, op, 1);
@@ -143,6 +162,7 @@ at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& A, const a
 
 TORCH_LIBRARY_IMPL(svdzip, CUDA, m) {
   m.impl("gram_accumulate_", &gram_accumulate_cuda);
+  m.impl("cross_gram_accumulate_", &cross_gram_accumulate_cuda);
   m.impl("abs_mean_accumulate_", &abs_mean_accumulate_cuda);
   m.impl("abs_max_accumulate_", &abs_max_accumulate_cuda);
   m.impl("batched_svd", &batched_svd_cuda);

@@ -4,6 +4,9 @@
 TORCH_LIBRARY(svdzip, m) {
   // acc (n x n, fp32/fp64) += alpha * x^T x over all rows of x (..., n): streaming Gram.
   m.def("gram_accumulate_(Tensor(a!) acc, Tensor x, float alpha=1.0) -> ()");
+  // acc (n x n, fp32/fp64) += alpha * x^T y for x, y (..., n) with the same rows: the
+  // cross-Gram of two streams at the same tokens (dense vs compressed inputs of a layer).
+  m.def("cross_gram_accumulate_(Tensor(a!) acc, Tensor x, Tensor y, float alpha=1.0) -> ()");
   // acc (n) += alpha * sum over rows of |x|; alpha = 1/tokens gives ASVD's mean |x|.
   m.def("abs_mean_accumulate_(Tensor(a!) acc, Tensor x, float alpha=1.0) -> ()");
   // acc (n) = max(acc, max over rows of |x|): ASVD's alternative max |x| statistic.

@@ -30,6 +30,16 @@ def gram_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> 
     acc.addmm_(r.T, r, alpha=alpha)
 
 
+def cross_gram_accumulate_(acc: torch.Tensor, x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> None:
+    if acc.dim() != 2:
+        raise ValueError(f"cross_gram_accumulate_: acc shape {tuple(acc.shape)} must be (n, n)")
+    xr, yr = _rows(x, acc, "cross_gram_accumulate_"), _rows(y, acc, "cross_gram_accumulate_")
+    if xr.shape[0] != yr.shape[0]:
+        raise ValueError(f"cross_gram_accumulate_: x {tuple(x.shape)} and y {tuple(y.shape)} must "
+                         "hold the same rows (the same tokens)")
+    acc.addmm_(xr.T, yr, alpha=alpha)
+
+
 def abs_mean_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> None:
     acc.add_(_rows(x, acc, "abs_mean_accumulate_").abs().sum(0), alpha=alpha)
 

@@ -31,6 +31,15 @@ def gram_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> 
     return acc
 
 
+def cross_gram_accumulate_(acc: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                           alpha: float = 1.0) -> torch.Tensor:
+    """acc (n, n) += alpha * xᵀy over the rows of x and y (..., n), the same tokens in both:
+    the cross-Gram C = X·X̃ᵀ of a layer's dense inputs x and compressed-model inputs y (the
+    compensated objective, methods/compensated.py). Returns acc."""
+    _impl("cross_gram_accumulate_", acc)(acc, x, y, alpha)
+    return acc
+
+
 def abs_mean_accumulate_(acc: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """acc (n) += alpha * Σ_rows |x|; with alpha = 1/tokens this is ASVD's mean |x|."""
     _impl("abs_mean_accumulate_", acc)(acc, x, alpha)
@@ -86,6 +95,12 @@ def _register_fakes() -> None:
     def _gram(acc, x, alpha=1.0):
         torch._check(acc.dim() == 2 and acc.shape[0] == x.shape[-1] == acc.shape[1],
                      lambda: f"gram_accumulate_: acc {tuple(acc.shape)} vs x {tuple(x.shape)}")
+
+    @torch.library.register_fake("svdzip::cross_gram_accumulate_")
+    def _cross_gram(acc, x, y, alpha=1.0):
+        torch._check(acc.dim() == 2 and acc.shape[0] == x.shape[-1] == acc.shape[1] == y.shape[-1],
+                     lambda: f"cross_gram_accumulate_: acc {tuple(acc.shape)} vs x {tuple(x.shape)}")
+        torch._check(x.numel() == y.numel(), lambda: "cross_gram_accumulate_: x and y rows differ")
 
     @torch.library.register_fake("svdzip::abs_mean_accumulate_")
     def _abs_mean(acc, x, alpha=1.0):

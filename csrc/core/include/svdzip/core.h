@@ -39,6 +39,18 @@ void gram_accumulate_rows(float* acc, const float* x, index_t rows, index_t n, i
 void gram_accumulate_rows(double* acc, const double* x, index_t rows, index_t n, index_t ldx,
                           double alpha, index_t r0, index_t r1);
 
+// Cross-Gram of two streams at the same tokens: acc (n x n) += alpha * x^T y for x and y
+// (rows x n, row strides ldx, ldy), e.g. a layer's dense inputs x and the compressed model's
+// inputs y (the error-compensated objective's C = X X~^T). Only rows [r0, r1) of acc are
+// written (one GEMM), so calls with disjoint row ranges can run concurrently; equal-width
+// ranges are equal work. acc is not symmetric in general.
+void cross_gram_accumulate_rows(float* acc, const float* x, const float* y, index_t rows,
+                                index_t n, index_t ldx, index_t ldy, double alpha, index_t r0,
+                                index_t r1);
+void cross_gram_accumulate_rows(double* acc, const double* x, const double* y, index_t rows,
+                                index_t n, index_t ldx, index_t ldy, double alpha, index_t r0,
+                                index_t r1);
+
 // Per-channel ASVD statistics of x (rows x n): acc[j] += alpha * sum_i |x_ij|  and
 // acc[j] = max(acc[j], max_i |x_ij|).  The caller divides by the token count for a mean.
 template <typename Acc, typename T>

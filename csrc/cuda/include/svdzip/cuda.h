@@ -61,6 +61,12 @@ void gram_accumulate(const Context&, Workspace&, double* acc, const double* x, i
 void gram_accumulate(const Context&, Workspace&, double* acc, const float* x, index_t rows,
                      index_t n, index_t ldx, double alpha);
 
+// acc (n x n) += alpha * x^T y for x, y (rows x n, strides ldx, ldy): one cuBLAS GEMM.
+void cross_gram_accumulate(const Context&, float* acc, const float* x, const float* y,
+                           index_t rows, index_t n, index_t ldx, index_t ldy, double alpha);
+void cross_gram_accumulate(const Context&, double* acc, const double* x, const double* y,
+                           index_t rows, index_t n, index_t ldx, index_t ldy, double alpha);
+
 // acc[j] += alpha * sum_i |x_ij|   and   acc[j] = max(acc[j], max_i |x_ij|); NaN sticks.
 // Deterministic: per-slab partials reduced in a fixed order, no float atomics.
 template <typename Acc, typename T>
