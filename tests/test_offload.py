@@ -43,10 +43,10 @@ def _in_memory(arch, cfg, out, layers=3):
     return model
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("sequential", [False, True])
-def test_every_method_offloaded_equals_in_memory(tmp_path, method, sequential):
-    cfg = CONFIGS[method](ratio=0.6, sequential=sequential)
+@pytest.mark.parametrize("method,sequential,objective", [(m, s, "plain") for m in METHODS for s in (False, True)]
+                         + [(m, True, "compensated") for m in ("svd_llm", "nsvd", "ressvd")])
+def test_every_method_offloaded_equals_in_memory(tmp_path, method, sequential, objective):
+    cfg = CONFIGS[method](ratio=0.6, sequential=sequential, objective=objective)
     model = _in_memory("llama", cfg, tmp_path / "mem")
     rep = compress_checkpoint(_checkpoint(tmp_path, shard="40KB"), tmp_path / "off", cfg, calib(),
                               progress=False)
@@ -133,24 +133,26 @@ _KILLER = textwrap.dedent("""
         if i == {k}:
             os.kill(os.getpid(), signal.SIGKILL)
     sink.ShardSink.write = write_then_die
-    compress_checkpoint({ckpt!r}, {out!r}, sz.NSVDConfig(ratio=0.6, sequential={seq}), calib(),
-                        progress=False)
+    compress_checkpoint({ckpt!r}, {out!r}, {cfg}, calib(), progress=False)
 """)
 
 
-def _killed_run(tmp_path, ckpt, out, k=1, seq=True):
-    script = _KILLER.format(tests=str(TESTS), k=k, ckpt=str(ckpt), out=str(out), seq=seq)
+def _killed_run(tmp_path, ckpt, out, k=1, seq=True, cfg=None):
+    cfg = cfg or f"sz.NSVDConfig(ratio=0.6, sequential={seq})"
+    script = _KILLER.format(tests=str(TESTS), k=k, ckpt=str(ckpt), out=str(out), cfg=cfg)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("sequential", [True, False])
-def test_sigkilled_run_resumes_to_an_identical_output(tmp_path, sequential):
+@pytest.mark.parametrize("sequential,objective", [(True, "plain"), (False, "plain"), (True, "compensated")])
+def test_sigkilled_run_resumes_to_an_identical_output(tmp_path, sequential, objective):
+    # compensated: the resume point holds the dense stream beside the compressed one
     ckpt = _checkpoint(tmp_path, layers=4, shard="60KB")
-    cfg = sz.NSVDConfig(ratio=0.6, sequential=sequential)
+    cfg = sz.NSVDConfig(ratio=0.6, sequential=sequential, objective=objective)
     compress_checkpoint(ckpt, tmp_path / "whole", cfg, calib(), progress=False)
     out = tmp_path / "resumed"
-    _killed_run(tmp_path, ckpt, out, k=1, seq=sequential)
+    _killed_run(tmp_path, ckpt, out, k=1, cfg=f"sz.NSVDConfig(ratio=0.6, sequential={sequential}, "
+                                             f"objective={objective!r})")
     assert not out.exists()
     progress = json.loads((tmp_path / "resumed.partial" / ".resume" / "progress.json").read_text())
     assert progress["next_block"] == 2 and len(progress["modules"]) == 14

@@ -44,7 +44,8 @@ def cache_key(cfg, tokens: torch.Tensor, weights) -> str:
     (`weights`: (module name, weight) pairs, as held in memory or read from a checkpoint)."""
     h = hashlib.sha256()
     opts = {k: v for k, v in cfg.to_dict().items()
-            if k not in ("ratio", "overrides", "sequential", "last_blocks", "last_fraction", "allocation")}
+            if k not in ("ratio", "overrides", "sequential", "last_blocks", "last_fraction", "allocation",
+                         "objective")}
     h.update(json.dumps(opts, sort_keys=True).encode())
     h.update(tokens.cpu().numpy().tobytes())
     for name, w in weights:
@@ -108,9 +109,14 @@ def allocate_by_sensitivity(source, targets, stats: dict | None, config, method,
     Modules the user overrode keep their ratio and count against the budget."""
     if calibration is None:
         raise ValueError("allocation='sensitivity' needs calibration token ids for its trials")
+    if config.objective == "compensated":  # trials run on the dense model, where X̃ = X: plain
+        trial_cfg = dataclasses.replace(config, objective="plain")
+        kinds = frozenset(kinds) - {"cross"}
+    else:
+        trial_cfg = config
     user = {t.name for t in targets if rank.match(t.name, config.overrides)}
     free = [t for t in targets if t.name not in user]
-    table = sensitivity_table(source, free, stats, config, method, calibration, kinds, batch_size,
+    table = sensitivity_table(source, free, stats, trial_cfg, method, calibration, kinds, batch_size,
                               progress, trial_memory, group)
     shapes = {t.name: t.shape for t in targets}
     budget = math.floor(config.ratio * sum(m * n for m, n in shapes.values()))

@@ -18,7 +18,7 @@ from .pipeline.decompose import apply_block
 from .pipeline.group import Single, from_environment
 from .pipeline.memory import large_buffers_mmapped
 from .pipeline.source import InMemory
-from .pipeline.streams import Streams
+from .pipeline.streams import streams_for
 from .pipeline.walk import Target, by_block, find_targets
 from .report import Report
 
@@ -186,4 +186,4 @@ def _blockwise(model, blocks, calibration, kinds, config, method, report, progre
     hidden, block_args = replay.capture(model, source.layers, calibration, batch_size=batch_size)
     report.seconds_stats += time.perf_counter() - t0
     job = loop.Job(config, method, kinds, report, dense_inputs, progress, group=group or Single())
-    loop.run(source, blocks, Streams(hidden, block_args, batch_size), job)
+    loop.run(source, blocks, streams_for(config, hidden, block_args, batch_size), job)

@@ -45,6 +45,9 @@ def add_compress(sub) -> None:
     p.add_argument("--gram-products", choices=["fp64", "fp32"], default=None,
                    help="precision of each calibration window's Gram product (the sum is fp64 either "
                         "way); fp32 is ~2x faster on CPU. Default fp64")
+    p.add_argument("--objective", choices=["plain", "compensated"], default=None,
+                   help="compensated: fit each layer, fed the compressed model's inputs, to the dense "
+                        "layer's outputs (needs --sequential and a whitened method)")
     p.add_argument("--alpha", type=float, help="asvd: exponent of the channel scaling")
     p.add_argument("--stat", choices=["mean", "max"], help="asvd: channel statistic")
     p.add_argument("--variant", choices=["I", "II"], help="nsvd: Cholesky (I) or eigen (II) stage 1")
@@ -129,7 +132,7 @@ def make_config(args):
     kw = {"ratio": args.ratio, "sequential": args.sequential, "last_blocks": args.last_blocks,
           "ignore": tuple(args.ignore)}
     for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
-                 "gram_products"):
+                 "gram_products", "objective"):
         if getattr(args, flag, None) is not None:
             kw[flag] = getattr(args, flag)
     for flag, field in METHOD_OPTIONS.items():

@@ -50,6 +50,8 @@ def _check_fraction(value: Any, what: str) -> None:
 
 
 ALLOCATIONS = ("uniform", "last_blocks", "sensitivity")
+OBJECTIVES = ("plain", "compensated")
+_WHITENED = ("whitened", "whitened_eigen")
 GRAM_PRODUCTS = ("fp64", "fp32")
 
 
@@ -70,6 +72,10 @@ class CompressConfig:
                 `sensitivity_ratios`, the budget met exactly in parameters; ignores last-L)
     sensitivity_windows, sensitivity_seqlen
                 the calibration slice the sensitivity trials are scored on
+    objective   "plain" (each layer fitted to its own inputs) or "compensated" (fitted, fed the
+                compressed model's inputs, to the dense layer's outputs on the dense inputs:
+                methods/compensated.py); compensated needs sequential=True and a whitened
+                method (svd_llm, or nsvd / ressvd with a whitened first stage)
     gram_products
                 precision of each calibration window's xᵀx product: "fp64" (exact to fp64) or
                 "fp32" (about twice as fast on CPU; each window's product is rounded to fp32,
@@ -89,6 +95,7 @@ class CompressConfig:
     sensitivity_windows: int = 2
     sensitivity_seqlen: int = 256
     gram_products: str = "fp64"
+    objective: str = "plain"
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -106,6 +113,20 @@ class CompressConfig:
         if self.gram_products not in GRAM_PRODUCTS:
             raise ValueError(f"gram_products = {self.gram_products!r} must be one of {GRAM_PRODUCTS}")
         self._check_allocation()
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective = {self.objective!r} must be one of {OBJECTIVES}")
+        if self.objective == "plain":
+            return
+        if not self.sequential:
+            raise ValueError("objective = 'compensated' fits each layer to the compressed model's inputs, "
+                             "which only the sequential pipeline has: set sequential=True (--sequential)")
+        whitened = self.method == "svd_llm" or getattr(self, "stage1", None) in _WHITENED
+        if not whitened:
+            raise ValueError(f"objective = 'compensated' needs a whitened method (svd_llm, or nsvd / ressvd "
+                             f"with a whitened stage1); {self.method} is not")
 
     def _check_allocation(self) -> None:
         if self.allocation not in ALLOCATIONS:

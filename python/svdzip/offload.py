@@ -30,7 +30,7 @@ from .pipeline.memory import large_buffers_mmapped
 from .pipeline.shards import DEFAULT_SHARD_SIZE, Plan, group_entries
 from .pipeline.sink import ShardSink
 from .pipeline.source import Offloaded
-from .pipeline.streams import Streams
+from .pipeline.streams import streams_for
 from .pipeline.trials import DEFAULT_TRIAL_MEMORY
 from .pipeline.walk import by_block, find_targets
 from .report import Report
@@ -141,7 +141,8 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     if sink.start > 0 and group.rank == 0:
         print(f"resuming {sink.partial} at block {sink.start} of {len(source.layers)}")
     job = loop.Job(config, method, kinds, report, not config.sequential, progress, stats, group)
-    loop.run(source, blocks, Streams(hidden, block_args, batch_size), job, sink, start=sink.start)
+    loop.run(source, blocks, streams_for(config, hidden, block_args, batch_size, resumed=sink.start > 0), job,
+             sink, start=sink.start)
     report.model_params_after = sum(math.prod(e.shape) for g in sink.plan.groups for e in g)
     report.seconds_total = time.perf_counter() - t_start
 

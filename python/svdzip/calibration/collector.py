@@ -8,9 +8,15 @@ on the modules; hooks live only inside the `with` block.
 gram_products="fp32" forms each window's xᵀx in fp32 (a scratch Gram per shared input) and
 adds it to the fp64 sum: the GEMM runs at fp32 speed (about 2x on CPU) while the error of
 the sum stays that of one window's product, not of the whole accumulation.
+
+kind "cross" (the compensated objective): the cross-Gram C = Σ x_denseᵀ·x of each leader's
+input x with the dense model's input to the same module at the same tokens, which an
+InputCapture took from the dense stream's pass of this batch (`paired`, set per batch).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -33,6 +39,8 @@ class StatsCollector:
         self.leader: dict[str, str] = {}
         self._seen: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input, leader)
         self._handles = []
+        self.paired: dict[str, torch.Tensor] | None = None  # "cross": dense inputs of this batch
+        self.listening = True  # False during a paired pass's dense side (see suspended())
 
     def __enter__(self) -> "StatsCollector":
         try:
@@ -56,8 +64,19 @@ class StatsCollector:
         """Forget input identities between forward passes (keeps the ids from being reused)."""
         self._seen.clear()
 
+    @contextlib.contextmanager
+    def suspended(self):
+        """Forwards inside this block add nothing (the dense side of a paired pass)."""
+        self.listening = False
+        try:
+            yield
+        finally:
+            self.listening = True
+
     def _hook(self, name: str):
         def hook(module, args):
+            if not self.listening:
+                return
             x = args[0]  # identity of the very object passed (detach() would make a new one)
             seen = self._seen.get(id(x))
             if seen is not None and seen[0] is x:
@@ -88,6 +107,12 @@ class StatsCollector:
             st["gram"] += st["gram_wide"].copy_(st["gram_window"])
         elif "gram" in st:
             ops.gram_accumulate_(st["gram"], rows)
+        if "cross" in st:
+            dense = None if self.paired is None else self.paired.get(name)
+            if dense is None or dense.numel() != x.numel():
+                raise RuntimeError(f"{name}: no dense input of the same tokens for the cross-Gram "
+                                   f"(got {None if dense is None else tuple(dense.shape)}, need {tuple(x.shape)})")
+            ops.cross_gram_accumulate_(st["cross"], dense.reshape(-1, n), rows)
         if "abs_sum" in st:  # mean|x| and max|x| are collected together
             ops.abs_mean_accumulate_(st["abs_sum"], rows)
             ops.abs_max_accumulate_(st["abs_max"], rows)
@@ -99,6 +124,8 @@ class StatsCollector:
             if self.window_dtype != self.gram_dtype:
                 st["gram_window"] = torch.empty(n, n, dtype=self.window_dtype, device=device)
                 st["gram_wide"] = torch.empty(n, n, dtype=self.gram_dtype, device=device)
+        if "cross" in self.kinds:
+            st["cross"] = torch.zeros(n, n, dtype=self.gram_dtype, device=device)
         if "abs_mean" in self.kinds or "abs_max" in self.kinds:
             st["abs_sum"] = torch.zeros(n, dtype=torch.float64, device=device)
             st["abs_max"] = torch.zeros(n, dtype=torch.float64, device=device)
@@ -132,14 +159,45 @@ class StatsCollector:
     @staticmethod
     def _final(name: str, st: dict) -> dict:
         res = {"tokens": st["tokens"], "leader": name}
-        if "gram" in st:
-            res["gram"] = st["gram"]
+        for key in ("gram", "cross"):
+            if key in st:
+                res[key] = st[key]
         if "abs_sum" in st:
             res["abs_mean"] = st["abs_sum"] / max(st["tokens"], 1)
             res["abs_max"] = st["abs_max"]
-        for key in ("gram", "abs_mean", "abs_max"):
+        for key in ("gram", "cross", "abs_mean", "abs_max"):
             if key in res and not torch.isfinite(res[key]).all():
                 bad = res[key][~torch.isfinite(res[key])].flatten()[0].item()
                 raise FloatingPointError(f"{name}: calibration statistic '{key}' contains {bad} "
                                          "(NaN/Inf in the activations or the weights upstream)")
         return res
+
+
+class InputCapture:
+    """with InputCapture({name: linear}) as cap: one forward; cap.inputs = {name: its input}.
+    The dense stream's side of a paired pass: what each module saw, for StatsCollector.paired."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = modules
+        self.inputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self) -> "InputCapture":
+        self.inputs = {}
+        try:
+            for name, mod in self.modules.items():
+                self._handles.append(mod.register_forward_pre_hook(self._hook(name)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            self.inputs[name] = args[0].detach()
+        return hook

@@ -47,6 +47,8 @@ def required_stats(cfg) -> frozenset[str]:
     for stage in ("stage1", "stage2"):
         if hasattr(cfg, stage):
             need |= _STAGE_STATS[getattr(cfg, stage)]
+    if getattr(cfg, "objective", "plain") == "compensated":
+        need |= {"gram", "cross"}  # G̃ and C = X·X̃ᵀ (methods/compensated.py)
     return frozenset(need)
 
 

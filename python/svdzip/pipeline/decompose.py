@@ -8,6 +8,7 @@ import torch
 
 from .. import rank
 from ..dtypes import to_storage
+from ..methods import compensated
 from ..nn import LowRankLinear
 from ..report import ModuleReport, Report
 from .walk import Target
@@ -95,22 +96,31 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
         return out
     t0 = time.perf_counter()
     prepared: dict[str, object] = {}
+    maps: dict[str, tuple] = {}  # compensated objective: leader -> (T = C·G̃⁻¹, notes)
     jobs, keys = [], []
     for t in targets:
         st = stats.get(t.name, {})
         key = st.get("leader", t.name)
         if key not in prepared:
             prepared[key] = method.prepare(st, cfg)
+            if cfg.objective == "compensated":
+                maps[key] = compensated.target_map(st["gram"], st["cross"], cfg.jitter)
+                if owned:
+                    st.pop("cross")
             if owned and st.get("gram") is not None:
                 st["gram"] = st["gram"].float()  # what _out_error computes with anyway
         m, n = t.shape
         # the weight as stored: the methods widen each matrix to fp64 only when they use it, so a
         # block's fp64 copies are not all alive at once (Qwen2.5-0.5B: 120 MB less per block)
-        jobs.append((t.module.weight.detach(), prepared[key], rank.rank_for_ratio(m, n, t.ratio)))
+        W = t.module.weight.detach()
+        if key in maps:  # fit W* = W·C·G̃⁻¹ under the G̃ whitening (methods/compensated.py)
+            W = compensated.compensated_weight(W, maps[key][0])
+        jobs.append((W, prepared[key], rank.rank_for_ratio(m, n, t.ratio)))
         keys.append(key)
     results = method.decompose_many(jobs, cfg)
-    notes = {key: _notes(prep) for key, prep in prepared.items()}
-    jobs = [(W, None, k) for W, _, k in jobs]  # the weightings (whitening factors) are done with
+    notes = {key: {**_notes(prep), **(maps[key][1] if key in maps else {})} for key, prep in prepared.items()}
+    maps = None
+    jobs = [(t.module.weight.detach(), None, k) for t, (_, _, k) in zip(targets, jobs)]  # weightings done
     prepared = None
     shared_s = (time.perf_counter() - t0) / max(len(targets), 1)  # batched: split evenly
     for i, t in enumerate(targets):

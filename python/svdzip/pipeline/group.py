@@ -108,7 +108,7 @@ class Single:
         return None
 
 
-SUM_KEYS = ("tokens", "gram", "abs_sum", "fisher")
+SUM_KEYS = ("tokens", "gram", "cross", "abs_sum", "fisher")
 MAX_KEYS = ("abs_max",)
 
 

@@ -56,7 +56,7 @@ def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance
     with group.agree(f"collecting block {i}'s statistics"):
         with StatsCollector({t.name: t.module for t in targets}, job.kinds,
                             gram_products=job.config.gram_products) as col:
-            streams.run(layer, i, device, on_batch=col.new_pass, outputs="replace" if advance else "none")
+            streams.collect(layer, i, device, col, outputs="replace" if advance else "none")
         raw = col.raw()
     if not group.distributed:
         return col.finalize(), None
@@ -106,11 +106,11 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
         with _timed(job, "seconds_stats"):
             if forward and not advanced:
                 with job.group.agree(f"running block {i}"):
-                    streams.run(layer, i, source.device, outputs="replace")
+                    streams.advance(layer, i, source.device)
             elif not forward:
-                streams.hidden = []  # no block after this one is compressed: nothing needs them
+                streams.drop()  # no block after this one is compressed: nothing needs them
         if sink is not None:
-            sink.write(i, block_tensors(layer, source.prefixes[i]), streams.hidden, job.report.modules)
+            sink.write(i, block_tensors(layer, source.prefixes[i]), streams.saved(), job.report.modules)
         source.offload(i)
 
 
@@ -141,9 +141,9 @@ def run_windows(source, blocks: dict, streams: Streams, job: Job, sink=None, sta
                     parts.append((blocks[i], stats))
                 elif i < last:
                     with job.group.agree(f"running block {i}"):
-                        streams.run(layer, i, source.device, outputs="replace")
+                        streams.advance(layer, i, source.device)
                 else:
-                    streams.hidden = []
+                    streams.drop()
         with _timed(job, "seconds_decompose"):
             apply_blocks(parts, job.config, job.method, job.report, owned=True, group=job.group,
                          owner_of=owner_of)
@@ -151,7 +151,7 @@ def run_windows(source, blocks: dict, streams: Streams, job: Job, sink=None, sta
             release_freed_memory()
         for i in span:
             if sink is not None:  # the hidden states are those entering the window's end
-                sink.write(i, block_tensors(layers[i], source.prefixes[i]), streams.hidden, job.report.modules,
+                sink.write(i, block_tensors(layers[i], source.prefixes[i]), streams.saved(), job.report.modules,
                            resume_point=i == span[-1])
             source.offload(i)
             layers.pop(i)
