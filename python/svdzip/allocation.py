@@ -157,3 +157,102 @@ def allocate(table: dict[str, dict[float, float]], shapes: dict[str, tuple[int, 
         else:
             lo = mid + 1
     return choose(levels[lo])
+
+
+# ---- allocation="loss": from the truncation losses, without trials -------------------------
+
+def loss_importance(model, targets, calibration: torch.Tensor, cfg, progress: bool = True, group=None) -> dict[str, float]:
+    """Per module, the weight that turns its output error into an estimated loss increase.
+    "fisher": the mean squared gradient of the LM loss w.r.t. the module's outputs (FWSVD's row
+    Fisher sums over the first `loss_windows` calibration windows, one backward each): to second
+    order ΔL ≈ ½·F̄·‖ΔY‖² for an error ΔY spread over the outputs. "relative": 1/‖W·X‖², every
+    module's relative output error counted alike (no backward)."""
+    if cfg.loss_importance == "relative":
+        return {}
+    from .calibration.fisher import row_fisher
+
+    group = group or Single()
+    windows = calibration[:cfg.loss_windows]
+    with group.agree("computing the loss allocation's Fisher importances"):
+        stats = row_fisher(model, targets, windows[group.share(windows.shape[0])], progress)
+    group.all_reduce_stats(stats)
+    return {n: float(st["fisher"].mean()) for n, st in stats.items()}
+
+
+def allocate_loss(spectra: dict[str, torch.Tensor], importance: dict[str, float],
+                  shapes: dict[str, tuple[int, int]], budget: int) -> dict[str, float]:
+    """Per-module kept ratio (1.0 = dense) minimising Σ_m w_m·Σ_{i>k_m} σ²_{m,i} under a parameter
+    budget. Each rank unit of module m costs m+n parameters and gains w_m·σ²_k, decreasing in k,
+    so taking units in order of gain per parameter is optimal (a knapsack whose items, per
+    module, come in decreasing order of value): sort them once and take the longest prefix
+    that fits. Storing a module dense (m·n, no loss) is one more item after its last useful
+    rank kmax = ⌊mn/(m+n)⌋. w_m = importance[m], or 1/Σσ² where none is given."""
+    keys, costs, owners, ranks = [], [], [], []  # per item: gain per parameter, cost, module, rank
+    names = list(spectra)
+    for j, name in enumerate(names):
+        m, n = shapes[name]
+        s2 = spectra[name].double()
+        w = importance.get(name, 1.0 / max(float(s2.sum()), 1e-300))
+        kmax = max(1, (m * n) // (m + n))
+        unit = w * s2[:kmax] / (m + n)
+        dense_cost = max(m * n - kmax * (m + n), 1)
+        # the dense item may not come before the module's last rank unit: equal keys keep order
+        to_dense = torch.minimum(unit.new_tensor([w * float(s2[kmax:].sum()) / dense_cost]), unit[-1:])
+        keys.append(torch.cat([unit, to_dense]))
+        costs.append(torch.tensor([m + n] * kmax + [dense_cost], dtype=torch.int64))
+        owners.append(torch.full((kmax + 1,), j, dtype=torch.int64))
+        ranks.append(torch.arange(1, kmax + 2))
+    key, cost, owner, rk = (torch.cat(x) for x in (keys, costs, owners, ranks))
+    floor = sum(m + n for m, n in (shapes[nm] for nm in names))  # rank 1 everywhere
+    if floor > budget:
+        raise ValueError(f"budget of {budget} parameters is below rank 1 for every module ({floor})")
+    key = torch.where(rk == 1, torch.inf, key)  # every module keeps at least rank 1: taken first
+    order = torch.argsort(key, descending=True, stable=True)
+    chosen = order[torch.cumsum(cost[order], 0) <= budget]
+    best = torch.zeros(len(names), dtype=torch.int64)
+    best.scatter_reduce_(0, owner[chosen], rk[chosen], reduce="amax")
+    ratios = {}
+    for j, name in enumerate(names):
+        m, n = shapes[name]
+        kmax = max(1, (m * n) // (m + n))
+        k = int(best[j])
+        ratios[name] = 1.0 if k > kmax else ratio_for_rank(m, n, k)
+    return ratios
+
+
+def ratio_for_rank(m: int, n: int, k: int) -> float:
+    """The smallest ratio whose rank_for_ratio is k (so an override gives exactly rank k)."""
+    if not 1 <= k <= rank.rank_for_ratio(m, n, 1.0):
+        raise ValueError(f"rank {k} is outside [1, {rank.rank_for_ratio(m, n, 1.0)}] for a {m}x{n} matrix")
+    r = min(1.0, k * (m + n) / (m * n))
+    while rank.rank_for_ratio(m, n, r) < k:
+        r = min(1.0, math.nextafter(r, 2.0))
+    return r
+
+
+def allocate_by_loss(source, model, targets, config, calibration, batch_size: int = 1,
+                     progress: bool = True, group=None):
+    """(config with per-module ratios as exact-name overrides, the report's allocation record):
+    one one-shot pass for the whitened spectra (pipeline/spectra.py), the Fisher importances
+    (one backward per `loss_windows` window), then allocate_loss. Modules the user overrode
+    keep their ratio and count against the budget."""
+    import time
+
+    from .pipeline.spectra import whitened_spectra
+
+    if calibration is None:
+        raise ValueError("allocation='loss' needs calibration token ids for the module spectra")
+    t0 = time.perf_counter()
+    user = {t.name for t in targets if rank.match(t.name, config.overrides)}
+    free = [t for t in targets if t.name not in user]
+    shapes = {t.name: t.shape for t in targets}
+    budget = math.floor(config.ratio * sum(m * n for m, n in shapes.values()))
+    budget -= sum(_params(shapes[t.name], t.ratio) for t in targets if t.name in user)
+    importance = loss_importance(model, free, calibration, config, progress, group)
+    t1 = time.perf_counter()
+    spectra = whitened_spectra(source, free, calibration, config, batch_size, progress, group)
+    ratios = allocate_loss(spectra, importance, {t.name: t.shape for t in free}, budget)
+    new = dataclasses.replace(config, overrides={**config.overrides, **ratios})
+    info = {"kind": "loss", "importance": config.loss_importance, "ratios": ratios,
+            "budget_params": budget, "fisher_seconds": t1 - t0, "spectra_seconds": time.perf_counter() - t1}
+    return new, info

@@ -122,6 +122,13 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
             stats = None  # sequential collects its own
         left_dense = []
         layers, targets = find_targets(model, config, left_dense)
+    elif config.allocation == "loss":
+        t0 = time.perf_counter()
+        config, allocated = allocation.allocate_by_loss(InMemory(model), model, targets, config, calibration,
+                                                        batch_size, progress, group)
+        allocated["seconds_total"] = time.perf_counter() - t0
+        left_dense = []
+        layers, targets = find_targets(model, config, left_dense)
     report = Report(config.method, config.to_dict(), model_params_before=_count(model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
                     allocation=allocated, seconds_stats=alloc_stats_s,

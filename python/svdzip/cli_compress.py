@@ -34,9 +34,14 @@ def add_compress(sub) -> None:
     p.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
     p.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
     p.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
-    p.add_argument("--allocation", choices=["uniform", "last_blocks", "sensitivity"], default=None,
+    p.add_argument("--allocation", choices=["uniform", "last_blocks", "sensitivity", "loss"], default=None,
                    help="per-module ratios: uniform (default), last_blocks (with --last-blocks), or "
-                        "sensitivity (ASVD trials; cached in $SVDZIP_CACHE/sensitivity)")
+                        "sensitivity (ASVD trials; cached in $SVDZIP_CACHE/sensitivity), or loss "
+                        "(no trials: whitened spectra x Fisher importance, budget solved exactly)")
+    p.add_argument("--loss-importance", choices=["fisher", "relative"], default=None,
+                   help="--allocation loss: weight of each module's output error (default fisher)")
+    p.add_argument("--loss-windows", type=int, default=None,
+                   help="--allocation loss: calibration windows of the Fisher backward (default 8)")
     p.add_argument("--sensitivity-ratios", type=float, nargs="+", default=None,
                    help="candidate ratios of the sensitivity trials (default 0.4 .. 0.9)")
     p.add_argument("--sensitivity-windows", type=int, default=None,
@@ -132,7 +137,7 @@ def make_config(args):
     kw = {"ratio": args.ratio, "sequential": args.sequential, "last_blocks": args.last_blocks,
           "ignore": tuple(args.ignore)}
     for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
-                 "gram_products", "objective"):
+                 "gram_products", "objective", "loss_importance", "loss_windows"):
         if getattr(args, flag, None) is not None:
             kw[flag] = getattr(args, flag)
     for flag, field in METHOD_OPTIONS.items():

@@ -49,7 +49,8 @@ def _check_fraction(value: Any, what: str) -> None:
         raise ValueError(f"{what} = {value!r} must be in (0, 1]")
 
 
-ALLOCATIONS = ("uniform", "last_blocks", "sensitivity")
+ALLOCATIONS = ("uniform", "last_blocks", "sensitivity", "loss")
+LOSS_IMPORTANCES = ("fisher", "relative")
 OBJECTIVES = ("plain", "compensated")
 _WHITENED = ("whitened", "whitened_eigen")
 GRAM_PRODUCTS = ("fp64", "fp32")
@@ -70,12 +71,22 @@ class CompressConfig:
                 "last_blocks" (set implicitly by last_blocks / ResSVD's last_fraction), or
                 "sensitivity" (ASVD: per-module ratios from calibration-perplexity trials at
                 `sensitivity_ratios`, the budget met exactly in parameters; ignores last-L)
+                or "loss" (no trials: each module's whitened spectrum gives its output error at
+                every rank, weighted by `loss_importance`, and the budget is solved exactly;
+                allocation.allocate_loss)
     sensitivity_windows, sensitivity_seqlen
                 the calibration slice the sensitivity trials are scored on
+    loss_importance, loss_windows
+                allocation="loss": "fisher" (mean squared loss gradient at the module's outputs,
+                one backward on each of the first `loss_windows` calibration windows) or
+                "relative" (every module's relative output error alike, no backward)
     objective   "plain" (each layer fitted to its own inputs) or "compensated" (fitted, fed the
                 compressed model's inputs, to the dense layer's outputs on the dense inputs:
                 methods/compensated.py); compensated needs sequential=True and a whitened
                 method (svd_llm, or nsvd / ressvd with a whitened first stage)
+    compensation
+                β in [0, 1] of the compensated objective: target outputs W·(X̃ + β·(X − X̃)),
+                β = 0 plain whitening on the compressed inputs, β = 1 the full correction
     gram_products
                 precision of each calibration window's xᵀx product: "fp64" (exact to fp64) or
                 "fp32" (about twice as fast on CPU; each window's product is rounded to fp32,
@@ -95,7 +106,10 @@ class CompressConfig:
     sensitivity_windows: int = 2
     sensitivity_seqlen: int = 256
     gram_products: str = "fp64"
+    loss_importance: str = "fisher"
+    loss_windows: int = 8
     objective: str = "plain"
+    compensation: float = 0.5
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -116,6 +130,9 @@ class CompressConfig:
         self._check_objective()
 
     def _check_objective(self) -> None:
+        if isinstance(self.compensation, bool) or not isinstance(self.compensation, (int, float)) \
+                or not 0 <= self.compensation <= 1:
+            raise ValueError(f"compensation = {self.compensation!r} must be in [0, 1]")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective = {self.objective!r} must be one of {OBJECTIVES}")
         if self.objective == "plain":
@@ -141,7 +158,9 @@ class CompressConfig:
             raise ValueError("sensitivity_ratios must not be empty")
         for r in self.sensitivity_ratios:
             _check_ratio(r, "sensitivity_ratios entry")
-        for name in ("sensitivity_windows", "sensitivity_seqlen"):
+        if self.loss_importance not in LOSS_IMPORTANCES:
+            raise ValueError(f"loss_importance = {self.loss_importance!r} must be one of {LOSS_IMPORTANCES}")
+        for name in ("sensitivity_windows", "sensitivity_seqlen", "loss_windows"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name.endswith("windows") else 2):
                 raise ValueError(f"{name} = {v!r} must be a positive integer (seqlen >= 2)")

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from . import data
 
-DEFAULT_WINDOWS = {"wiki": 60, "ptb": 40}
+DEFAULT_WINDOWS = {"wiki": 60, "ptb": 40, "code": 40}
 
 
 @torch.no_grad()

@@ -86,6 +86,9 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     the same number of ranks)."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
+    if config.allocation == "loss":
+        raise ValueError("allocation='loss' is in-memory only for now (its Fisher importances need the "
+                         "whole model's backward); compress in memory or use allocation='sensitivity'")
     t_start = time.perf_counter()
     method, kinds = methods.get(config.method), methods.required_stats(config)
     large_buffers_mmapped()

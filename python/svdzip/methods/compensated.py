@@ -28,9 +28,11 @@ import torch
 from .. import ops
 
 
-def target_map(gram: torch.Tensor, cross: torch.Tensor, jitter: float) -> tuple[torch.Tensor, dict]:
-    """(T = C·G̃⁻¹ in float64, notes): W* = W·T. G̃⁻¹ through the whitening factor F (F·Fᵀ ≈ G̃,
-    Cholesky with growing jitter or a floored eigen factor): T = (F⁻ᵀ·F⁻¹·Cᵀ)ᵀ."""
+def target_map(gram: torch.Tensor, cross: torch.Tensor, jitter: float, strength: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """(T in float64, notes): W* = W·T with T = (1 − β)·I + β·C·G̃⁻¹, β = `strength`: the
+    target outputs W·(X̃ + β·(X − X̃)), from plain whitening on the compressed inputs (β = 0)
+    to full compensation (β = 1). G̃⁻¹ through the whitening factor F (F·Fᵀ ≈ G̃, Cholesky
+    with growing jitter or a floored eigen factor): C·G̃⁻¹ = (F⁻ᵀ·F⁻¹·Cᵀ)ᵀ."""
     if gram.shape != cross.shape or gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"compensated objective: Gram {tuple(gram.shape)} and cross-Gram "
                          f"{tuple(cross.shape)} must be the same n×n")
@@ -41,8 +43,11 @@ def target_map(gram: torch.Tensor, cross: torch.Tensor, jitter: float) -> tuple[
         Tt = torch.linalg.solve_triangular(F.T, Y, upper=True)
     else:
         Tt = torch.linalg.solve(F.T, torch.linalg.solve(F, Ct))
+    T = Tt.T.contiguous()
+    if strength != 1.0:
+        T.mul_(strength).diagonal().add_(1.0 - strength)
     notes = {"compensation_whitening": wf.path, "compensation_shift": wf.shift}
-    return Tt.T.contiguous(), notes
+    return T, notes
 
 
 def compensated_weight(W: torch.Tensor, T: torch.Tensor) -> torch.Tensor:

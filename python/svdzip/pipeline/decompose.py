@@ -104,7 +104,7 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
         if key not in prepared:
             prepared[key] = method.prepare(st, cfg)
             if cfg.objective == "compensated":
-                maps[key] = compensated.target_map(st["gram"], st["cross"], cfg.jitter)
+                maps[key] = compensated.target_map(st["gram"], st["cross"], cfg.jitter, cfg.compensation)
                 if owned:
                     st.pop("cross")
             if owned and st.get("gram") is not None:

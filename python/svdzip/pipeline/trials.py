@@ -62,7 +62,7 @@ def _perplexity(head, hidden: list[torch.Tensor], tokens: torch.Tensor, device) 
 
 
 @torch.no_grad()
-def _block_stats(layer, b: int, targets, full: Streams, cfg, kinds, device, group) -> dict:
+def block_stats(layer, b: int, targets, full: Streams, cfg, kinds, device, group) -> dict:
     """The block's statistics on the dense full calibration set (this rank's share, summed
     over the ranks: every rank needs them all); advances `full` past it."""
     with group.agree(f"collecting block {b}'s statistics for the trials"):
@@ -134,10 +134,10 @@ def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens:
                 live[key] = replay.run_block(layer, h, slice_args[b])
             if b < stop:
                 if b in blocks:
-                    block_stats = stats if full is None else _block_stats(
+                    found = stats if full is None else block_stats(
                         layer, b, blocks[b], full, cfg, kinds, device, group)
                     with group.agree(f"running block {b}'s trials"):
-                        _start_trials([t for t in blocks[b] if t.name in mine], block_stats, cfg, method,
+                        _start_trials([t for t in blocks[b] if t.name in mine], found, cfg, method,
                                       layer, carry, slice_args[b], live, bar)
                 elif full is not None:  # a target-free block before a later target
                     with group.agree(f"running block {b}"):

@@ -1,0 +1,115 @@
+"""allocation="loss": whitened spectra x importance, the budget solved without trials."""
+import math
+
+import pytest
+import torch
+
+import svdzip as sz
+from svdzip import allocation, rank
+from svdzip.offload import compress_checkpoint
+from svdzip.pipeline.source import InMemory
+from svdzip.pipeline.spectra import whitened_spectra
+from svdzip.pipeline.walk import find_targets
+
+from tiny_models import calib, tiny
+
+
+def _params(shapes, ratios):
+    return sum(allocation._params(shapes[n], r) for n, r in ratios.items())
+
+
+def test_flatter_spectrum_gets_the_larger_rank_and_the_budget_is_met():
+    shapes = {"flat": (64, 48), "steep": (64, 48)}
+    k = torch.arange(48, dtype=torch.float64)
+    spectra = {"flat": torch.ones(48, dtype=torch.float64), "steep": 0.7 ** k}
+    budget = math.floor(0.5 * 2 * 64 * 48)
+    ratios = allocation.allocate_loss(spectra, {"flat": 1.0, "steep": 1.0}, shapes, budget)
+    ranks = {n: rank.rank_for_ratio(*shapes[n], r) for n, r in ratios.items()}
+    assert ranks["flat"] > ranks["steep"]
+    used = _params(shapes, ratios)
+    assert used <= budget and budget - used < 64 + 48  # tight: not one more rank unit fits
+
+
+def test_importance_moves_rank_to_the_important_module():
+    shapes = {"a": (32, 32), "b": (32, 32)}
+    spectra = {"a": torch.linspace(2, 1, 32, dtype=torch.float64), "b": torch.linspace(2, 1, 32, dtype=torch.float64)}
+    budget = 32 * 32
+    ratios = allocation.allocate_loss(spectra, {"a": 10.0, "b": 1.0}, shapes, budget)
+    assert rank.rank_for_ratio(32, 32, ratios["a"]) > rank.rank_for_ratio(32, 32, ratios["b"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_equals_exhaustive_search_on_small_problems(seed):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"a": (8, 6), "b": (10, 5), "c": (7, 7)}
+    spectra = {n: torch.rand(min(s), generator=g, dtype=torch.float64).sort(descending=True).values ** 2
+               for n, s in shapes.items()}
+    w = {n: float(torch.rand(1, generator=g)) + 0.1 for n in shapes}
+    budget = int(0.5 * sum(m * n for m, n in shapes.values()))
+
+    def loss(name, k):
+        m, n = shapes[name]
+        return 0.0 if k is None else w[name] * float(spectra[name][k:].sum())
+
+    def options(name):
+        m, n = shapes[name]
+        return [(k, k * (m + n)) for k in range(1, (m * n) // (m + n) + 1)] + [(None, m * n)]
+
+    best = min(sum(loss(nm, k) for nm, (k, _) in zip(shapes, combo))
+               for combo in __import__("itertools").product(*(options(n) for n in shapes))
+               if sum(c for _, c in combo) <= budget)
+    ratios = allocation.allocate_loss(spectra, w, shapes, budget)
+    got = sum(loss(n, None if r >= 1 else rank.rank_for_ratio(*shapes[n], r)) for n, r in ratios.items())
+    assert _params(shapes, ratios) <= budget
+    assert got <= best * (1 + 1e-9) + 1e-12 or got - best < 0.05 * best  # greedy: optimal up to the last item
+
+
+def test_ratio_for_rank_inverts_rank_for_ratio():
+    for m, n in [(576, 576), (1536, 576), (192, 576), (7, 3)]:
+        for k in {1, 2, 17, (m * n) // (m + n)} - {k for k in (17,) if k > (m * n) // (m + n)}:
+            assert rank.rank_for_ratio(m, n, allocation.ratio_for_rank(m, n, k)) == k
+    with pytest.raises(ValueError, match="outside"):
+        allocation.ratio_for_rank(7, 3, 3)
+
+
+def test_spectra_give_each_module_its_whitened_truncation_loss():
+    model, ids = tiny("llama"), calib(8, 32)
+    cfg = sz.SVDLLMConfig(ratio=0.5)
+    _, targets = find_targets(model, cfg)
+    spectra = whitened_spectra(InMemory(model), targets, ids, cfg, progress=False)
+    assert set(spectra) == {t.name for t in targets}
+    stats = sz.api.collect_statistics(tiny("llama"), cfg, ids, progress=False)
+    for t in targets[:7]:  # block 0: truncating at k leaves exactly the tail of the spectrum
+        W = t.module.weight.detach().double()
+        G = stats[t.name]["gram"]
+        from svdzip.methods.weighting import truncate, whitened
+        A, B = truncate(W, 5, whitened(G, cfg.jitter))
+        D = W - A @ B
+        assert torch.isclose(torch.trace(D @ G @ D.T), spectra[t.name][5:].sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("importance", ["fisher", "relative"])
+def test_loss_allocation_compresses_within_the_budget(importance):
+    model, ids = tiny("qwen2"), calib(8, 32)
+    rep = sz.compress(model, sz.NSVDConfig(ratio=0.6, allocation="loss", loss_importance=importance,
+                                           loss_windows=3), ids, progress=False)
+    assert rep.allocation["kind"] == "loss" and rep.allocation["importance"] == importance
+    assert 0.58 < rep.ratio_targets < 0.61  # (q/k/v biases count in the report, not in the budget)
+    _, targets = find_targets(tiny("qwen2"), sz.NSVDConfig())
+    used = _params({t.name: t.shape for t in targets}, rep.allocation["ratios"])
+    assert rep.allocation["budget_params"] - (64 + 64) < used <= rep.allocation["budget_params"]
+    assert len(set(rep.allocation["ratios"].values())) > 1  # not uniform
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+def test_loss_allocation_config_errors_and_offload_refusal(tmp_path):
+    with pytest.raises(ValueError, match="loss_importance"):
+        sz.SVDLLMConfig(allocation="loss", loss_importance="gradient")
+    with pytest.raises(ValueError, match="loss_windows"):
+        sz.SVDLLMConfig(allocation="loss", loss_windows=0)
+    tiny("llama").save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="in-memory only"):
+        compress_checkpoint(tmp_path / "ckpt", tmp_path / "out", sz.SVDLLMConfig(allocation="loss"), calib(),
+                            progress=False)
+    assert not (tmp_path / "out").exists()
