@@ -77,3 +77,20 @@ def test_module_ratio_overrides_and_last_blocks():
     res = ResSVDConfig(ratio=0.8, last_fraction=0.5)
     assert rank.module_ratio("x", 0, 4, res) is None
     assert rank.module_ratio("x", 3, 4, res) == pytest.approx(0.6)
+
+
+def test_recipes_give_their_fields_and_flags_win():
+    import svdzip as sz
+    from svdzip.cli import build_parser
+    from svdzip.cli_compress import make_config
+
+    cfg = sz.recipe("best")
+    assert (cfg.method, cfg.sequential, cfg.objective, cfg.allocation) == ("svd_llm", True, "compensated", "loss")
+    assert sz.recipe("best", ratio=0.6).ratio == 0.6
+    with pytest.raises(ValueError, match="unknown recipe"):
+        sz.recipe("fastest")
+    cli = make_config(build_parser().parse_args(["compress", "m", "o", "--recipe", "best", "--method", "nsvd",
+                                                 "--allocation", "uniform"]))
+    assert (cli.method, cli.sequential, cli.objective, cli.allocation) == ("nsvd", True, "compensated", "uniform")
+    plain = make_config(build_parser().parse_args(["compress", "m", "o"]))
+    assert (plain.method, plain.sequential, plain.objective) == ("nsvd", False, "plain")

@@ -9,7 +9,7 @@ from . import ops
 from ._native import native as _native_module
 from .api import collect_statistics, compress
 from .config import (ASVDConfig, CompressConfig, FWSVDConfig, NSVDConfig, ResSVDConfig,
-                     SVDConfig, SVDLLMConfig)
+                     SVDConfig, SVDLLMConfig, recipe)
 from .data import calibration_batches
 from .nn import LowRankLinear
 from . import hf  # noqa: E402,F401 - registers quant_method / model_type "svdzip" with transformers
@@ -34,4 +34,4 @@ def load_compressed(*args, **kwargs):
 
 __all__ = ["ops", "compress", "collect_statistics", "calibration_batches", "save_compressed", "load_compressed",
            "LowRankLinear", "CompressConfig", "SVDConfig", "FWSVDConfig", "ASVDConfig",
-           "SVDLLMConfig", "NSVDConfig", "ResSVDConfig", "native_available", "__version__"]
+           "SVDLLMConfig", "NSVDConfig", "ResSVDConfig", "recipe", "native_available", "__version__"]

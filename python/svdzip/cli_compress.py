@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from .config import CONFIGS, method_name
+from .config import CONFIGS, RECIPES, method_name
 from .dtypes import model_dtype
 
 METHOD_OPTIONS = {  # CLI flag -> config field, for the methods that have it
@@ -25,8 +25,10 @@ def add_compress(sub) -> None:
                                    "of those parameters KEPT (0.8 = the papers' '20%% compression').")
     p.add_argument("model", help="Hugging Face directory or alias (smollm2-135m)")
     p.add_argument("out", help="output directory (replaced atomically)")
-    p.add_argument("--method", default="nsvd", type=method_name, choices=sorted(CONFIGS),
-                   help="svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nsvd, ressvd")
+    p.add_argument("--method", default=None, type=method_name, choices=sorted(CONFIGS),
+                   help="svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nsvd (default), ressvd")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="a named combination of options (README 'Recipes'); flags given explicitly win")
     p.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")
     p.add_argument("--calib", default="wiki", help="calibration text: wiki, ptb or a text file")
     p.add_argument("--n-samples", type=int, default=32)
@@ -132,10 +134,13 @@ def add_eval(sub) -> None:
 
 
 def make_config(args):
+    base = dict(RECIPES[args.recipe]) if getattr(args, "recipe", None) else {}
+    args.method = args.method or base.pop("method", "nsvd")
+    base.pop("method", None)
     cls = CONFIGS[args.method]
     fields = {f for f in cls.__dataclass_fields__}
-    kw = {"ratio": args.ratio, "sequential": args.sequential, "last_blocks": args.last_blocks,
-          "ignore": tuple(args.ignore)}
+    kw = {**base, "ratio": args.ratio, "sequential": args.sequential or base.get("sequential", False),
+          "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
     for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
                  "gram_products", "objective", "loss_importance", "loss_windows"):
         if getattr(args, flag, None) is not None:

@@ -280,3 +280,22 @@ class ResSVDConfig(_TwoStageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_fraction(self.last_fraction, "last_fraction")
+
+
+# Named recipes: the options a user would otherwise have to know to combine (README "Recipes").
+# "best": the highest-quality combination measured on SmolLM2 (bench/bench_recipes.py) that
+# still compresses it in about 5 minutes on 2 CPU cores.
+RECIPES: dict[str, dict[str, Any]] = {
+    "best": {"method": "svd_llm", "sequential": True, "objective": "compensated", "allocation": "loss"},
+}
+
+
+def recipe(name: str, **overrides) -> CompressConfig:
+    """The config of a named recipe (RECIPES), any field overridden: recipe("best", ratio=0.6)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    fields = {**RECIPES[name], **overrides}
+    method = fields.pop("method")
+    if method not in CONFIGS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(CONFIGS)}")
+    return CONFIGS[method](**fields)
