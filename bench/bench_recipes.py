@@ -31,6 +31,10 @@ RECIPES = {
     "loss+seq+comp": {"allocation": "loss", "sequential": True, "objective": "compensated"},
     "loss(rel)+seq+comp": {"allocation": "loss", "loss_importance": "relative", "sequential": True,
                            "objective": "compensated"},
+    "seq+refine": {"sequential": True, "refine_epochs": 3},
+    "seq+comp+refine": {"sequential": True, "objective": "compensated", "refine_epochs": 3},
+    "loss+seq+comp+refine": {"allocation": "loss", "sequential": True, "objective": "compensated",
+                             "refine_epochs": 3},
     "sens": {"allocation": "sensitivity"},
     "sens+seq+comp": {"allocation": "sensitivity", "sequential": True, "objective": "compensated"},
 }

@@ -55,6 +55,12 @@ def add_compress(sub) -> None:
     p.add_argument("--objective", choices=["plain", "compensated"], default=None,
                    help="compensated: fit each layer, fed the compressed model's inputs, to the dense "
                         "layer's outputs (needs --sequential and a whitened method)")
+    p.add_argument("--compensation", type=float, default=None,
+                   help="--objective compensated: strength beta in [0, 1] of the compensation (default 0.5)")
+    p.add_argument("--refine-epochs", type=int, default=None,
+                   help="block-wise refinement (needs --sequential): epochs of Adam on each block's "
+                        "factors against the dense block's outputs (default 0 = off)")
+    p.add_argument("--refine-lr", type=float, default=None, help="refinement learning rate (default 1e-4)")
     p.add_argument("--alpha", type=float, help="asvd: exponent of the channel scaling")
     p.add_argument("--stat", choices=["mean", "max"], help="asvd: channel statistic")
     p.add_argument("--variant", choices=["I", "II"], help="nsvd: Cholesky (I) or eigen (II) stage 1")
@@ -142,7 +148,8 @@ def make_config(args):
     kw = {**base, "ratio": args.ratio, "sequential": args.sequential or base.get("sequential", False),
           "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
     for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
-                 "gram_products", "objective", "loss_importance", "loss_windows"):
+                 "gram_products", "objective", "loss_importance", "loss_windows", "compensation",
+                 "refine_epochs", "refine_lr"):
         if getattr(args, flag, None) is not None:
             kw[flag] = getattr(args, flag)
     for flag, field in METHOD_OPTIONS.items():

@@ -84,6 +84,12 @@ class CompressConfig:
                 compressed model's inputs, to the dense layer's outputs on the dense inputs:
                 methods/compensated.py); compensated needs sequential=True and a whitened
                 method (svd_llm, or nsvd / ressvd with a whitened first stage)
+    refine_epochs, refine_lr, refine_holdout, refine_seed
+                block-wise refinement (pipeline/refine.py; needs sequential=True): after each
+                block is decomposed, up to `refine_epochs` epochs of Adam (lr `refine_lr`) on its
+                factors alone, matching the dense model's block outputs from the compressed
+                stream; the last `refine_holdout` share of the windows is held out, training stops
+                when it stops improving and the best factors are kept; 0 = off
     compensation
                 β in [0, 1] of the compensated objective: target outputs W·(X̃ + β·(X − X̃)),
                 β = 0 plain whitening on the compressed inputs, β = 1 the full correction
@@ -110,6 +116,10 @@ class CompressConfig:
     loss_windows: int = 8
     objective: str = "plain"
     compensation: float = 0.5
+    refine_epochs: int = 0
+    refine_lr: float = 1e-4
+    refine_holdout: float = 0.125
+    refine_seed: int = 0
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -128,6 +138,18 @@ class CompressConfig:
             raise ValueError(f"gram_products = {self.gram_products!r} must be one of {GRAM_PRODUCTS}")
         self._check_allocation()
         self._check_objective()
+        self._check_refinement()
+
+    def _check_refinement(self) -> None:
+        if isinstance(self.refine_epochs, bool) or not isinstance(self.refine_epochs, int) or self.refine_epochs < 0:
+            raise ValueError(f"refine_epochs = {self.refine_epochs!r} must be a non-negative integer (0 = off)")
+        if not isinstance(self.refine_lr, (int, float)) or not 0 < self.refine_lr < 1:
+            raise ValueError(f"refine_lr = {self.refine_lr!r} must be in (0, 1)")
+        if not isinstance(self.refine_holdout, (int, float)) or not 0 < self.refine_holdout < 1:
+            raise ValueError(f"refine_holdout = {self.refine_holdout!r} must be in (0, 1)")
+        if self.refine_epochs and not self.sequential:
+            raise ValueError("refine_epochs > 0 tunes each block on the compressed model's hidden states, "
+                             "which only the sequential pipeline has: set sequential=True (--sequential)")
 
     def _check_objective(self) -> None:
         if isinstance(self.compensation, bool) or not isinstance(self.compensation, (int, float)) \

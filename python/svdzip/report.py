@@ -28,12 +28,14 @@ class Report:
     dense_target_params: int = 0      # targeted modules the config left dense (e.g. ResSVD's first blocks)
     seconds_stats: float = 0.0
     seconds_decompose: float = 0.0
+    seconds_refine: float = 0.0       # block-wise refinement of the factors (refine_epochs > 0)
     seconds_total: float = 0.0
     seconds_comm: float = 0.0         # distributed: in collectives (waiting for other ranks included)
     allocation: dict | None = None    # sensitivity allocation: ratios per module, trial time, cache hit
     dtype: str = ""                   # the model's dtype (factors are stored in it)
     calibration: dict = field(default_factory=dict)  # windows, seqlen, source, bos convention
     distributed: dict | None = None   # world size, backend, seconds and bytes communicated (rank's own)
+    refinement: list = field(default_factory=list)  # per refined block: epochs kept, held-out MSE, seconds
 
     @property
     def target_params_before(self) -> int:
@@ -96,8 +98,17 @@ class Report:
         if self.allocation:
             a = self.allocation
             kept = sorted(a["ratios"].values())
-            trials = "cached" if a["cached"] else f"{a['trial_seconds']:.1f} s"
+            if a["kind"] == "loss":
+                cost = f"Fisher {a['fisher_seconds']:.1f} s, spectra {a['spectra_seconds']:.1f} s"
+            else:
+                cost = "trials " + ("cached" if a["cached"] else f"{a['trial_seconds']:.1f} s")
             lines.append(f"allocation {a['kind']}: ratios {kept[0]}..{kept[-1]} "
-                         f"({sum(r >= 1 for r in kept)} modules left dense), trials {trials}, "
+                         f"({sum(r >= 1 for r in kept)} modules left dense), {cost}, "
                          f"total {a['seconds_total']:.1f} s (ranks per module: --per-module)")
+        if self.refinement:
+            done = [r for r in self.refinement if r["epochs"]]
+            before = sum(r["heldout_before"] for r in self.refinement)
+            after = sum(r["heldout_after"] for r in self.refinement)
+            lines.append(f"refinement: {len(done)} of {len(self.refinement)} blocks improved, held-out "
+                         f"MSE summed over blocks {before:.4g} -> {after:.4g}, {self.seconds_refine:.1f} s")
         return "\n".join(lines)

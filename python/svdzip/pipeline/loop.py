@@ -31,6 +31,7 @@ from .decompose import apply_block, apply_blocks
 from .group import Single, stats_destinations
 from .layout import block_tensors
 from .memory import release_freed_memory
+from .refine import refine_block
 from .streams import Streams
 
 
@@ -80,8 +81,21 @@ def _timed(job: Job, phase: str):
         job.report.seconds_comm += comm
 
 
+def _refine(layer, i: int, streams, job: Job, device) -> None:
+    """Block i's factors tuned to the dense model's block outputs (pipeline/refine.py): the
+    paired streams hold the compressed inputs and, past their statistics pass, the dense outputs."""
+    rec = refine_block(layer, i, streams.hidden, streams.dense, streams.block_args[i], job.config, device)
+    job.report.refinement.append(rec)
+    if job.progress:
+        tqdm.write(f"block {i}: refined {rec['epochs']} epochs, held-out MSE {rec['heldout_before']:.4g} -> "
+                   f"{rec['heldout_after']:.4g} ({rec['seconds']:.1f} s)")
+
+
 def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0) -> None:
     """Visit blocks start.. in order; `blocks` = {index: [Target]} to compress."""
+    if job.config.refine_epochs and job.group.distributed:
+        raise ValueError("refine_epochs > 0 runs on one process for now (each rank holds only its share "
+                         "of the windows); compress without torchrun, or without refinement")
     if job.group.distributed and job.dense_inputs and job.stats is None and job.group.world > 1:
         return run_windows(source, blocks, streams, job, sink, start, window=job.group.world)
     last = max(blocks)
@@ -103,6 +117,9 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
                             group=job.group, owner_of=owner_of)
                 stats = None
                 release_freed_memory()
+            if job.config.refine_epochs:
+                with _timed(job, "seconds_refine"):
+                    _refine(layer, i, streams, job, source.device)
         with _timed(job, "seconds_stats"):
             if forward and not advanced:
                 with job.group.agree(f"running block {i}"):

@@ -118,7 +118,8 @@ class PairedStreams(Streams):
 def streams_for(config, hidden: list[torch.Tensor], block_args: list, batch_size: int = 1,
                 resumed: bool = False) -> Streams:
     """The streams a config's pipeline needs; `resumed`: `hidden` is what saved() stored."""
-    if getattr(config, "objective", "plain") != "compensated":
+    paired = getattr(config, "objective", "plain") == "compensated" or getattr(config, "refine_epochs", 0) > 0
+    if not paired:
         return Streams(hidden, block_args, batch_size)
     if not resumed:
         return PairedStreams(hidden, block_args, batch_size)
