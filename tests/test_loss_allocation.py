@@ -64,6 +64,35 @@ def test_greedy_equals_exhaustive_search_on_small_problems(seed):
     assert got <= best * (1 + 1e-9) + 1e-12 or got - best < 0.05 * best  # greedy: optimal up to the last item
 
 
+def test_min_ratio_floor_keeps_every_module_above_it_and_meets_the_budget():
+    shapes = {"flat": (64, 48), "steep": (64, 48)}
+    k = torch.arange(48, dtype=torch.float64)
+    spectra = {"flat": torch.ones(48, dtype=torch.float64), "steep": 0.5 ** k}
+    budget = math.floor(0.6 * 2 * 64 * 48)
+    free = allocation.allocate_loss(spectra, {}, shapes, budget)
+    assert rank.rank_for_ratio(64, 48, free["steep"]) < rank.rank_for_ratio(64, 48, 0.4)  # drained
+    floored = allocation.allocate_loss(spectra, {}, shapes, budget, min_ratio=0.4)
+    assert rank.rank_for_ratio(64, 48, floored["steep"]) == rank.rank_for_ratio(64, 48, 0.4)
+    assert rank.rank_for_ratio(64, 48, floored["flat"]) > rank.rank_for_ratio(64, 48, 0.4)
+    used = _params(shapes, floored)
+    assert used <= budget and budget - used < 64 + 48
+    with pytest.raises(ValueError, match="min_ratio=0.9"):
+        allocation.allocate_loss(spectra, {}, shapes, budget, min_ratio=0.9)
+
+
+def test_block_weights_share_one_scale_per_block_and_follow_its_fisher():
+    spectra = {"b0.q": torch.tensor([4.0, 1.0]), "b0.v": torch.tensor([1.0, 1.0]), "b1.q": torch.tensor([2.0, 2.0])}
+    blocks = {"b0.q": 0, "b0.v": 0, "b1.q": 1}
+    fisher = {"b0.q": 1e-4, "b0.v": 1e-2, "b1.q": 1e-3}
+    w = allocation.module_weights("block", fisher, spectra, blocks)
+    e0 = (1e-4 * 5 + 1e-2 * 2) / 2  # block 0's mean of F·Σσ²
+    assert w["b0.q"] == pytest.approx(e0 / 5) and w["b0.v"] == pytest.approx(e0 / 2)
+    assert w["b1.q"] == pytest.approx(1e-3)  # alone in its block: its own F
+    rel = allocation.module_weights("relative", {}, spectra, blocks)
+    assert rel["b0.q"] == pytest.approx(1 / 5)
+    assert allocation.module_weights("fisher", fisher, spectra, blocks) == fisher
+
+
 def test_ratio_for_rank_inverts_rank_for_ratio():
     for m, n in [(576, 576), (1536, 576), (192, 576), (7, 3)]:
         for k in {1, 2, 17, (m * n) // (m + n)} - {k for k in (17,) if k > (m * n) // (m + n)}:
@@ -88,7 +117,7 @@ def test_spectra_give_each_module_its_whitened_truncation_loss():
         assert torch.isclose(torch.trace(D @ G @ D.T), spectra[t.name][5:].sum(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("importance", ["fisher", "relative"])
+@pytest.mark.parametrize("importance", ["block", "fisher", "relative"])
 def test_loss_allocation_compresses_within_the_budget(importance):
     model, ids = tiny("qwen2"), calib(8, 32)
     rep = sz.compress(model, sz.NSVDConfig(ratio=0.6, allocation="loss", loss_importance=importance,

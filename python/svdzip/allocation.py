@@ -162,11 +162,10 @@ def allocate(table: dict[str, dict[float, float]], shapes: dict[str, tuple[int, 
 # ---- allocation="loss": from the truncation losses, without trials -------------------------
 
 def loss_importance(model, targets, calibration: torch.Tensor, cfg, progress: bool = True, group=None) -> dict[str, float]:
-    """Per module, the weight that turns its output error into an estimated loss increase.
-    "fisher": the mean squared gradient of the LM loss w.r.t. the module's outputs (FWSVD's row
+    """Per module, F̄ = the mean squared gradient of the LM loss w.r.t. its outputs (FWSVD's row
     Fisher sums over the first `loss_windows` calibration windows, one backward each): to second
-    order ΔL ≈ ½·F̄·‖ΔY‖² for an error ΔY spread over the outputs. "relative": 1/‖W·X‖², every
-    module's relative output error counted alike (no backward)."""
+    order ΔL ≈ ½·F̄·‖ΔY‖² for an error ΔY spread over the outputs. {} for "relative", which
+    needs no backward."""
     if cfg.loss_importance == "relative":
         return {}
     from .calibration.fisher import row_fisher
@@ -179,16 +178,42 @@ def loss_importance(model, targets, calibration: torch.Tensor, cfg, progress: bo
     return {n: float(st["fisher"].mean()) for n, st in stats.items()}
 
 
+def module_weights(kind: str, fisher: dict[str, float], spectra: dict[str, torch.Tensor],
+                   blocks: dict[str, int]) -> dict[str, float]:
+    """The weight w_m of each module's dropped σ² (its output error ‖ΔY‖²) in allocate_loss.
+    "fisher": w = F̄_m. "relative": w = 1/‖W·X‖² (= 1/Σσ²), every module's relative error alike.
+    "block": w = E_b/‖W·X‖², with E_b the mean over block b's modules of F̄·‖W·X‖² (the loss
+    the module's whole output is worth): relative errors, scaled by how much their block
+    matters. F̄ alone ranks modules inside a block badly (q/k's outputs reach the loss through
+    the softmax, and their F̄ is 10-100x below v's, so "fisher" drains them: SmolLM2 svd_llm 0.8
+    one-shot, floor 0.4: wiki 156 vs 113 relative vs 82 block)."""
+    total = {n: max(float(s.sum()), 1e-300) for n, s in spectra.items()}
+    if kind == "relative":
+        return {n: 1.0 / t for n, t in total.items()}
+    if kind == "fisher":
+        return {n: fisher[n] for n in spectra}
+    per_block: dict[int, list[float]] = {}
+    for n in spectra:
+        per_block.setdefault(blocks[n], []).append(fisher[n] * total[n])
+    scale = {b: sum(v) / len(v) for b, v in per_block.items()}
+    return {n: scale[blocks[n]] / total[n] for n in spectra}
+
+
 def allocate_loss(spectra: dict[str, torch.Tensor], importance: dict[str, float],
-                  shapes: dict[str, tuple[int, int]], budget: int) -> dict[str, float]:
+                  shapes: dict[str, tuple[int, int]], budget: int, min_ratio: float = 0.0) -> dict[str, float]:
     """Per-module kept ratio (1.0 = dense) minimising Σ_m w_m·Σ_{i>k_m} σ²_{m,i} under a parameter
     budget. Each rank unit of module m costs m+n parameters and gains w_m·σ²_k, decreasing in k,
     so taking units in order of gain per parameter is optimal (a knapsack whose items, per
     module, come in decreasing order of value): sort them once and take the longest prefix
     that fits. Storing a module dense (m·n, no loss) is one more item after its last useful
-    rank kmax = ⌊mn/(m+n)⌋. w_m = importance[m], or 1/Σσ² where none is given."""
+    rank kmax = ⌊mn/(m+n)⌋. w_m = importance[m] (module_weights), or 1/Σσ² where none is given. Every module keeps
+    at least rank_for_ratio(min_ratio) (and rank 1): the quadratic loss model sees a module's
+    errors alone, so without a floor it drains the modules whose outputs matter least to
+    near rank 1, where the errors of many such modules compound (SmolLM2, svd_llm 0.8: wiki
+    129 without a floor, 113 with 0.4)."""
     keys, costs, owners, ranks = [], [], [], []  # per item: gain per parameter, cost, module, rank
     names = list(spectra)
+    kmin = {nm: max(1, rank.rank_for_ratio(*shapes[nm], min_ratio)) if min_ratio > 0 else 1 for nm in names}
     for j, name in enumerate(names):
         m, n = shapes[name]
         s2 = spectra[name].double()
@@ -202,15 +227,28 @@ def allocate_loss(spectra: dict[str, torch.Tensor], importance: dict[str, float]
         costs.append(torch.tensor([m + n] * kmax + [dense_cost], dtype=torch.int64))
         owners.append(torch.full((kmax + 1,), j, dtype=torch.int64))
         ranks.append(torch.arange(1, kmax + 2))
+        keys[-1][:kmin[name]] = torch.inf  # the floor's ranks are taken first
     key, cost, owner, rk = (torch.cat(x) for x in (keys, costs, owners, ranks))
-    floor = sum(m + n for m, n in (shapes[nm] for nm in names))  # rank 1 everywhere
+    floor = sum(kmin[nm] * sum(shapes[nm]) for nm in names)
     if floor > budget:
-        raise ValueError(f"budget of {budget} parameters is below rank 1 for every module ({floor})")
-    key = torch.where(rk == 1, torch.inf, key)  # every module keeps at least rank 1: taken first
+        raise ValueError(f"budget of {budget} parameters is below the floor of every module at rank "
+                         f"max(1, rank at min_ratio={min_ratio}) ({floor} parameters)")
     order = torch.argsort(key, descending=True, stable=True)
-    chosen = order[torch.cumsum(cost[order], 0) <= budget]
+    spent = torch.cumsum(cost[order], 0)
+    n_prefix = int((spent <= budget).sum())
+    chosen = order[:n_prefix]
     best = torch.zeros(len(names), dtype=torch.int64)
     best.scatter_reduce_(0, owner[chosen], rk[chosen], reduce="amax")
+    # the prefix stops at the first item that does not fit (often a whole module going dense):
+    # the later, cheaper items that still fit are taken, each module's in rank order
+    left = budget - (int(spent[n_prefix - 1]) if n_prefix else 0)
+    rest = order[n_prefix:]
+    top = best.tolist()
+    for j, c, k in zip(owner[rest].tolist(), cost[rest].tolist(), rk[rest].tolist()):
+        if c <= left and k == top[j] + 1:
+            top[j] = k
+            left -= c
+    best = torch.tensor(top)
     ratios = {}
     for j, name in enumerate(names):
         m, n = shapes[name]
@@ -251,8 +289,9 @@ def allocate_by_loss(source, model, targets, config, calibration, batch_size: in
     importance = loss_importance(model, free, calibration, config, progress, group)
     t1 = time.perf_counter()
     spectra = whitened_spectra(source, free, calibration, config, batch_size, progress, group)
-    ratios = allocate_loss(spectra, importance, {t.name: t.shape for t in free}, budget)
+    weights = module_weights(config.loss_importance, importance, spectra, {t.name: t.block for t in free})
+    ratios = allocate_loss(spectra, weights, {t.name: t.shape for t in free}, budget, config.loss_min_ratio)
     new = dataclasses.replace(config, overrides={**config.overrides, **ratios})
-    info = {"kind": "loss", "importance": config.loss_importance, "ratios": ratios,
+    info = {"kind": "loss", "importance": config.loss_importance, "min_ratio": config.loss_min_ratio, "ratios": ratios,
             "budget_params": budget, "fisher_seconds": t1 - t0, "spectra_seconds": time.perf_counter() - t1}
     return new, info

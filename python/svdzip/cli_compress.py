@@ -40,10 +40,13 @@ def add_compress(sub) -> None:
                    help="per-module ratios: uniform (default), last_blocks (with --last-blocks), or "
                         "sensitivity (ASVD trials; cached in $SVDZIP_CACHE/sensitivity), or loss "
                         "(no trials: whitened spectra x Fisher importance, budget solved exactly)")
-    p.add_argument("--loss-importance", choices=["fisher", "relative"], default=None,
-                   help="--allocation loss: weight of each module's output error (default fisher)")
+    p.add_argument("--loss-importance", choices=["block", "fisher", "relative"], default=None,
+                   help="--allocation loss: weight of each module's output error (default block: "
+                        "relative error x the block's Fisher importance)")
     p.add_argument("--loss-windows", type=int, default=None,
                    help="--allocation loss: calibration windows of the Fisher backward (default 8)")
+    p.add_argument("--loss-min-ratio", type=float, default=None,
+                   help="--allocation loss: the lowest ratio any module gets (default 0.4; 0 = rank 1)")
     p.add_argument("--sensitivity-ratios", type=float, nargs="+", default=None,
                    help="candidate ratios of the sensitivity trials (default 0.4 .. 0.9)")
     p.add_argument("--sensitivity-windows", type=int, default=None,
@@ -148,7 +151,7 @@ def make_config(args):
     kw = {**base, "ratio": args.ratio, "sequential": args.sequential or base.get("sequential", False),
           "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
     for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
-                 "gram_products", "objective", "loss_importance", "loss_windows", "compensation",
+                 "gram_products", "objective", "loss_importance", "loss_windows", "loss_min_ratio", "compensation",
                  "refine_epochs", "refine_lr"):
         if getattr(args, flag, None) is not None:
             kw[flag] = getattr(args, flag)

@@ -50,7 +50,7 @@ def _check_fraction(value: Any, what: str) -> None:
 
 
 ALLOCATIONS = ("uniform", "last_blocks", "sensitivity", "loss")
-LOSS_IMPORTANCES = ("fisher", "relative")
+LOSS_IMPORTANCES = ("block", "fisher", "relative")
 OBJECTIVES = ("plain", "compensated")
 _WHITENED = ("whitened", "whitened_eigen")
 GRAM_PRODUCTS = ("fp64", "fp32")
@@ -77,9 +77,14 @@ class CompressConfig:
     sensitivity_windows, sensitivity_seqlen
                 the calibration slice the sensitivity trials are scored on
     loss_importance, loss_windows
-                allocation="loss": "fisher" (mean squared loss gradient at the module's outputs,
-                one backward on each of the first `loss_windows` calibration windows) or
+                allocation="loss": how a module's output error counts (allocation.module_weights):
+                "block" (default: relative error × its block's Fisher-measured importance),
+                "fisher" (the mean squared loss gradient at the module's outputs; both take one
+                backward on each of the first `loss_windows` calibration windows) or
                 "relative" (every module's relative output error alike, no backward)
+    loss_min_ratio
+                allocation="loss": no module is given less than this ratio (0 = rank 1);
+                like the sensitivity candidates' lowest, 0.4 by default
     objective   "plain" (each layer fitted to its own inputs) or "compensated" (fitted, fed the
                 compressed model's inputs, to the dense layer's outputs on the dense inputs:
                 methods/compensated.py); compensated needs sequential=True and a whitened
@@ -112,8 +117,9 @@ class CompressConfig:
     sensitivity_windows: int = 2
     sensitivity_seqlen: int = 256
     gram_products: str = "fp64"
-    loss_importance: str = "fisher"
+    loss_importance: str = "block"
     loss_windows: int = 8
+    loss_min_ratio: float = 0.4
     objective: str = "plain"
     compensation: float = 0.5
     refine_epochs: int = 0
@@ -182,6 +188,9 @@ class CompressConfig:
             _check_ratio(r, "sensitivity_ratios entry")
         if self.loss_importance not in LOSS_IMPORTANCES:
             raise ValueError(f"loss_importance = {self.loss_importance!r} must be one of {LOSS_IMPORTANCES}")
+        m = self.loss_min_ratio
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
+            raise ValueError(f"loss_min_ratio = {m!r} must be in [0, 1)")
         for name in ("sensitivity_windows", "sensitivity_seqlen", "loss_windows"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name.endswith("windows") else 2):
