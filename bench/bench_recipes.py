@@ -25,18 +25,26 @@ from _timing import machine, write_json
 RECIPES = {
     "oneshot": {},
     "seq": {"sequential": True},
-    "seq+comp": {"sequential": True, "objective": "compensated"},
+    # β = 0.5 (the default before the table below moved it to 0.25) unless the name says otherwise
+    "seq+comp": {"sequential": True, "objective": "compensated", "compensation": 0.5},
     "loss": {"allocation": "loss"},
     "loss+seq": {"allocation": "loss", "sequential": True},
-    "loss+seq+comp": {"allocation": "loss", "sequential": True, "objective": "compensated"},
+    "loss+seq+comp": {"allocation": "loss", "sequential": True, "objective": "compensated", "compensation": 0.5},
+    "loss+seq+comp(β=0.25)": {"allocation": "loss", "sequential": True, "objective": "compensated",
+                              "compensation": 0.25},
+    "loss(fisher)": {"allocation": "loss", "loss_importance": "fisher"},
+    "loss(fisher,floor 0)": {"allocation": "loss", "loss_importance": "fisher", "loss_min_ratio": 0.0},
+    "loss(rel)": {"allocation": "loss", "loss_importance": "relative"},
+    "loss(rel,floor 0)": {"allocation": "loss", "loss_importance": "relative", "loss_min_ratio": 0.0},
     "loss(rel)+seq+comp": {"allocation": "loss", "loss_importance": "relative", "sequential": True,
                            "objective": "compensated"},
     "seq+refine": {"sequential": True, "refine_epochs": 3},
-    "seq+comp+refine": {"sequential": True, "objective": "compensated", "refine_epochs": 3},
-    "loss+seq+comp+refine": {"allocation": "loss", "sequential": True, "objective": "compensated",
+    "seq+comp+refine": {"sequential": True, "objective": "compensated", "compensation": 0.5, "refine_epochs": 3},
+    "loss+seq+comp+refine": {"allocation": "loss", "sequential": True, "objective": "compensated", "compensation": 0.5,
                              "refine_epochs": 3},
     "sens": {"allocation": "sensitivity"},
-    "sens+seq+comp": {"allocation": "sensitivity", "sequential": True, "objective": "compensated"},
+    "sens+seq+comp": {"allocation": "sensitivity", "sequential": True, "objective": "compensated",
+                      "compensation": 0.25},
 }
 
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# README's main command: set up (idempotent), then compress SmolLM2-135M with NSVD keeping 80%
-# of the decoder-block parameters, and print dense vs compressed perplexity (wiki and ptb,
+# README's main command: set up (idempotent), then compress SmolLM2-135M with the best recipe
+# (svdzip.config.RECIPES["best"]: svd_llm, sequential, compensated objective, loss allocation)
+# keeping 80% of the decoder-block parameters, and print dense vs compressed perplexity (wiki and ptb,
 # the fixed protocol), the time taken and where the result was saved.
-#   OUT=dir scripts/main.sh    to choose the output directory (default out/smollm2-nsvd-0.8)
+#   OUT=dir scripts/main.sh    to choose the output directory (default out/smollm2-best-0.8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY="${SVDZIP_VENV:-.venv}/bin/python"
 "$PY" -m svdzip env
-OUT=${OUT:-out/smollm2-nsvd-0.8}
-exec "$PY" -m svdzip compress smollm2-135m "$OUT" --method nsvd --ratio 0.8 --eval wiki,ptb \
+OUT=${OUT:-out/smollm2-best-0.8}
+exec "$PY" -m svdzip compress smollm2-135m "$OUT" --recipe best --ratio 0.8 --eval wiki,ptb \
   --json "$OUT.json"

@@ -59,7 +59,7 @@ def add_compress(sub) -> None:
                    help="compensated: fit each layer, fed the compressed model's inputs, to the dense "
                         "layer's outputs (needs --sequential and a whitened method)")
     p.add_argument("--compensation", type=float, default=None,
-                   help="--objective compensated: strength beta in [0, 1] of the compensation (default 0.5)")
+                   help="--objective compensated: strength beta in [0, 1] of the compensation (default 0.25)")
     p.add_argument("--refine-epochs", type=int, default=None,
                    help="block-wise refinement (needs --sequential): epochs of Adam on each block's "
                         "factors against the dense block's outputs (default 0 = off)")
