@@ -26,15 +26,21 @@ def _factors(layer: nn.Module) -> dict[str, LowRankLinear]:
     return {name: m for name, m in layer.named_modules() if isinstance(m, LowRankLinear)}
 
 
-def _mse(work: nn.Module, inputs, targets, idx, args, device) -> float:
-    rest, kw = args
+def _squared_error(work: nn.Module, x: torch.Tensor, y: torch.Tensor, block_args, device) -> torch.Tensor:
+    """(block(x) − y)² elementwise, in float32 on `device`."""
+    rest, kw = block_args
+    out = work(x.to(device, torch.float32), *rest, **kw)
+    out = out[0] if isinstance(out, tuple) else out
+    return (out - y.to(device, torch.float32)).square()
+
+
+def _mse(work: nn.Module, inputs, targets, idx, block_args, device) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for j in idx:
-            out = work(inputs[j].to(device, torch.float32), *rest, **kw)
-            out = out[0] if isinstance(out, tuple) else out
-            total += float((out - targets[j].to(device, torch.float32)).square().sum())
-            count += out.numel()
+            err = _squared_error(work, inputs[j], targets[j], block_args, device)
+            total += float(err.sum())
+            count += err.numel()
     return total / max(count, 1)
 
 
@@ -57,7 +63,6 @@ def refine_block(layer: nn.Module, i: int, inputs: list[torch.Tensor], targets: 
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    rest, kw = block_args
     best = _mse(work, inputs, targets, heldout, block_args, device)
     before, kept = best, 0
     best_state = [p.detach().clone() for p in params]
@@ -67,9 +72,7 @@ def refine_block(layer: nn.Module, i: int, inputs: list[torch.Tensor], targets: 
         for j in torch.randperm(len(train), generator=gen).tolist():
             opt.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                out = work(inputs[train[j]].to(device, torch.float32), *rest, **kw)
-                out = out[0] if isinstance(out, tuple) else out
-                loss = (out - targets[train[j]].to(device, torch.float32)).square().mean()
+                loss = _squared_error(work, inputs[train[j]], targets[train[j]], block_args, device).mean()
                 if not torch.isfinite(loss.detach()):
                     raise FloatingPointError(f"block {i}: refinement loss became {loss.detach().item()} in epoch "
                                              f"{epoch}; the block keeps its unrefined factors")
@@ -82,7 +85,7 @@ def refine_block(layer: nn.Module, i: int, inputs: list[torch.Tensor], targets: 
         best_state = [p.detach().clone() for p in params]
     if kept:
         with torch.no_grad():
-            for (name, mod), A, B in zip(factors.items(), best_state[0::2], best_state[1::2]):
+            for mod, A, B in zip(factors.values(), best_state[0::2], best_state[1::2]):
                 mod.A.copy_(A.to(mod.A.dtype))
                 mod.B.copy_(B.to(mod.B.dtype))
     return {"block": i, "epochs": kept, "heldout_before": before, "heldout_after": best,
