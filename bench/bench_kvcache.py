@@ -8,7 +8,8 @@ Only k_proj and v_proj are compressed, to rank = cache_ratio x (kv heads x head_
 --method (default asvd, as in the ASVD paper) on the protocol's calibration set; everything
 else stays dense. Per model: wiki ppl (protocol windows), then decode after a --context-token
 prompt with transformers' DynamicCache and with svdzip's LowRankKVCache (prefill subtracted).
-Bytes per token are measured from the tensors each cache holds after generation.
+Bytes per token are measured from the tensors each cache holds after generation. The latent
+cache runs twice: values rebuilt every step (the default) and values after attention.
 Writes bench/results/kvcache_<method>_<device>.json.
 """
 
@@ -90,15 +91,18 @@ def main() -> None:
                "dense_cache": dense}
         caches = [("dynamic", dense)]
         if ratio is not None:
-            low = decode(model, prompt, args.new_tokens, lambda: LowRankKVCache(model),
-                         args.repeats, args.device)
-            low["same_tokens_as_dense_cache"] = low["sequence"] == dense["sequence"]
-            row["lowrank_cache"] = low
-            caches.append(("lowrank", low))
+            # the default path (past values rebuilt every step) and values after attention, same run
+            for key, after in (("lowrank_cache", False), ("lowrank_cache_after_attention", True)):
+                low = decode(model, prompt, args.new_tokens,
+                             lambda: LowRankKVCache(model, values_after_attention=after),
+                             args.repeats, args.device)
+                low["same_tokens_as_dense_cache"] = low["sequence"] == dense["sequence"]
+                row[key] = low
+                caches.append(("after" if after else "lowrank", low))
         for kind, r in caches:
             print(f"{name:14s} {ppl:8.2f} {kind:>7s} {r['cache_bytes_per_token']:8.0f} "
                   f"{r['decode_tok_s']:12.1f} {r['decode_tok_s'] / dense['decode_tok_s']:13.2f}x", flush=True)
-        for r in (row["dense_cache"], row.get("lowrank_cache", {})):
+        for _, r in caches:
             r.pop("sequence", None)
         rows.append(row)
         del model

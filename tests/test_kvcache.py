@@ -62,6 +62,50 @@ def test_reduced_rank_cache_matches_uncached_model_over_64_tokens(arch):
     assert torch.equal(seq, dense_seq)
 
 
+@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa")])
+def test_values_after_attention_give_the_dense_cache_tokens_over_64_tokens(arch, attn, monkeypatch):
+    """The faster path (latent values weighed by attention, A_v applied on o_proj's input) against
+    the rebuild path and the dense cache of the same compressed model (GQA: 4 heads, 2 kv heads;
+    qwen2's k/v projections have a bias)."""
+    from svdzip.kvcache import LowRankKVLayer
+
+    model = _compress_kv(tiny(arch), lambda out: out // 4)
+    model.set_attn_implementation(attn)
+    torch.manual_seed(9)
+    for block in decoder_layers(model):      # HF initialises biases at zero: make them count
+        for proj in (block.self_attn.k_proj, block.self_attn.v_proj):
+            if proj.bias is not None:
+                proj.bias.data.normal_(0, 0.5)
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(8))
+    calls = []
+    original = LowRankKVLayer.up_project_attention_output
+    monkeypatch.setattr(LowRankKVLayer, "up_project_attention_output",
+                        lambda self, out: calls.append(out.shape) or original(self, out))
+    with LowRankKVCache(model, values_after_attention=True) as cache:
+        assert cache.values_after_attention
+        seq, logits = _generate(model, ids, cache, n=64)
+    rank, layers = model.model.layers[0].self_attn.v_proj.rank, len(model.model.layers)
+    assert len(calls) == 63 * layers and calls[0] == (2, 1, 4 * rank)   # every decode step, every layer
+    with LowRankKVCache(model, values_after_attention=False) as cache:
+        assert not cache.values_after_attention
+        rebuilt_seq, rebuilt_logits = _generate(model, ids, cache, n=64)
+    assert len(calls) == 63 * layers                                   # the rebuild path never calls it
+    dense_seq, _ = _generate(model, ids, DynamicCache(config=model.config), n=64)
+    assert torch.equal(seq, dense_seq) and torch.equal(seq, rebuilt_seq)
+    torch.testing.assert_close(logits, rebuilt_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, _uncached_logits(model, seq, 64), rtol=1e-4, atol=1e-4)
+
+
+def test_values_after_attention_refused_where_attention_cannot_take_latents():
+    model = _compress_kv(tiny("llama"), lambda out: out // 2)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="values_after_attention=True is not possible with attention "
+                                         "implementation 'flash_attention_2'"):
+        LowRankKVCache(model, values_after_attention=True)
+    with LowRankKVCache(model, values_after_attention=None) as cache:   # None falls back to rebuilding
+        assert not cache.values_after_attention
+
+
 def test_cache_holds_fewer_bytes_than_dense_cache():
     model = _compress_kv(tiny("llama"), lambda out: out // 4)
     ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(5))
@@ -92,11 +136,13 @@ def test_layers_with_dense_kv_keep_a_dense_cache():
 def test_closed_cache_leaves_no_hooks():
     model = _compress_kv(tiny("llama"), lambda out: out // 2)
     attn = model.model.layers[0].self_attn
-    before = len(attn._forward_pre_hooks)
-    cache = LowRankKVCache(model)
+    before, before_o = len(attn._forward_pre_hooks), len(attn.o_proj._forward_pre_hooks)
+    cache = LowRankKVCache(model, values_after_attention=True)
     assert len(attn._forward_pre_hooks) == before + 1
+    assert len(attn.o_proj._forward_pre_hooks) == before_o + 1
     cache.close()
     assert len(attn._forward_pre_hooks) == before
+    assert len(attn.o_proj._forward_pre_hooks) == before_o
     with pytest.raises(RuntimeError, match="pre-hook did not run"):
         with torch.no_grad():
             model(torch.zeros(1, 3, dtype=torch.long), cache=cache, use_cache=True)

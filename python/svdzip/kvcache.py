@@ -8,6 +8,16 @@ step and hands the latents to the cache; the model then calls `cache.update(...)
 which stores the latents and returns the rebuilt past keys/values followed by the exact new
 ones. Layers whose k_proj and v_proj are not both low-rank keep a plain dense cache layer.
 
+Values after attention (optional, `values_after_attention=True`; off by default because on
+CPU with sdpa it measured slower, 16.2 vs 17.9 tok/s at 1024 tokens: a value width other than
+head_dim disables sdpa's GQA path and repeat_kv copies the latents per head): softmax(QKᵀ)·V with
+V = C_v·A_vᵀ + b equals (softmax(QKᵀ)·C_v)·A_vᵀ + b (each row of the weights sums to 1), so
+past values are never rebuilt: update() returns the latents C_v as the values, attention
+weighs them (r wide instead of head_dim), and a pre-hook on o_proj applies each head's slice
+of A_v and the bias to the (few) new tokens' outputs. Keys cannot be treated so: RoPE rotates
+each past key by its own position after the up-projection, so K is rebuilt in one GEMM per
+step (its cos/sin computed once per step for all layers).
+
     with LowRankKVCache(model) as cache:
         out = model.generate(ids, cache=cache, max_new_tokens=64)
 """
@@ -31,13 +41,17 @@ class LowRankKVLayer(DynamicLayer):
     """One attention layer's cache: `keys`/`values` hold latents (batch, seq, r) and
     `positions` the position id of each cached token (RoPE is applied on rebuild)."""
 
-    def __init__(self, attn: nn.Module, rope: nn.Module, apply_rope, n_kv_heads: int, head_dim: int):
+    def __init__(self, attn: nn.Module, rope: nn.Module, apply_rope, n_kv_heads: int, head_dim: int,
+                 values_after_attention: bool = False, rope_memo: dict | None = None):
         super().__init__()
         self.k_proj, self.v_proj = attn.k_proj, attn.v_proj
         self.rope, self.apply_rope = rope, apply_rope
         self.n_kv_heads, self.head_dim = n_kv_heads, head_dim
+        self.values_after_attention = values_after_attention
+        self.rope_memo = {} if rope_memo is None else rope_memo
         self.positions: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.latent_values_out = False  # set by update(), consumed by the o_proj pre-hook
 
     def stage(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> None:
         """Called by the attention pre-hook: latents and positions of the tokens of this step."""
@@ -71,18 +85,51 @@ class LowRankKVLayer(DynamicLayer):
         self.positions = torch.cat([past_pos, pos.to(self.device)], dim=1)
         if past_k.shape[1] == 0:
             return key_states, value_states
-        k, v = self._rebuild(past_k, past_v, past_pos)
-        return torch.cat([k, key_states], dim=-2), torch.cat([v, value_states], dim=-2)
+        keys = torch.cat([self._rebuild_keys(past_k, past_pos), key_states], dim=-2)
+        if self.values_after_attention:
+            self.latent_values_out = True
+            b, n, r = self.values.shape
+            return keys, self.values.view(b, 1, n, r).expand(b, self.n_kv_heads, n, r)
+        return keys, torch.cat([self._rebuild_values(past_v), value_states], dim=-2)
 
-    def _rebuild(self, c_k, c_v, pos):
-        """Past keys (RoPE at their own positions) and values, (batch, heads, seq, head_dim)."""
+    def _rebuild_keys(self, c_k, pos):
+        """Past keys with RoPE at their own positions, (batch, kv heads, seq, head_dim)."""
         b, n = c_k.shape[:2]
         k = F.linear(c_k, self.k_proj.A, self.k_proj.bias).view(b, n, self.n_kv_heads, self.head_dim)
-        v = F.linear(c_v, self.v_proj.A, self.v_proj.bias).view(b, n, self.n_kv_heads, self.head_dim)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
-        cos, sin = self.rope(k, pos)
+        k = k.transpose(1, 2)
+        cos, sin = self._cos_sin(k, pos)
         k, _ = self.apply_rope(k, k, cos, sin)
-        return k, v
+        return k
+
+    def _cos_sin(self, k, pos):
+        """The rotary cos/sin of the past positions; every layer of a step asks for the same ones,
+        so the first computes them and the others reuse them (memo shared by the cache's layers)."""
+        key = (id(self.rope), k.dtype, k.device, pos.shape)
+        hit = self.rope_memo.get(key)
+        if hit is not None and torch.equal(hit[0], pos):
+            return hit[1], hit[2]
+        cos, sin = self.rope(k, pos)
+        self.rope_memo.clear()
+        self.rope_memo[key] = (pos, cos, sin)
+        return cos, sin
+
+    def _rebuild_values(self, c_v):
+        b, n = c_v.shape[:2]
+        v = F.linear(c_v, self.v_proj.A, self.v_proj.bias).view(b, n, self.n_kv_heads, self.head_dim)
+        return v.transpose(1, 2)
+
+    def up_project_attention_output(self, out: torch.Tensor) -> torch.Tensor:
+        """(batch, q, heads·r) attention output over latent values -> (batch, q, heads·head_dim):
+        head h uses the A_v rows (and bias) of its kv head h // (heads / kv heads), as repeat_kv does."""
+        r = self.v_proj.A.shape[1]
+        b, q = out.shape[:2]
+        heads = out.shape[-1] // r
+        A = self.v_proj.A.view(self.n_kv_heads, self.head_dim, r)
+        groups = heads // self.n_kv_heads
+        y = torch.einsum("bqgnr,gdr->bqgnd", out.view(b, q, self.n_kv_heads, groups, r), A)
+        if self.v_proj.bias is not None:
+            y = y + self.v_proj.bias.view(self.n_kv_heads, 1, self.head_dim)
+        return y.reshape(b, q, heads * self.head_dim)
 
     def crop(self, tokens_to_remove: int) -> None:
         super().crop(tokens_to_remove)
@@ -91,7 +138,7 @@ class LowRankKVLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.positions, self._pending = None, None
+        self.positions, self._pending, self.latent_values_out = None, None, False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.get_seq_length() > 0:
@@ -129,10 +176,22 @@ def _rope_functions(model: nn.Module, attn: nn.Module):
     if rope is None or apply is None:
         raise ValueError(f"LowRankKVCache: {type(attn).__name__} has no single rotary embedding "
                          "(rotary_emb + apply_rotary_pos_emb); this attention is not supported")
-    if list(inspect.signature(apply).parameters)[:4] != ["q", "k", "cos", "sin"]:
+    if list(inspect.signature(_kernelized_original(apply)).parameters)[:4] != ["q", "k", "cos", "sin"]:
         raise ValueError(f"LowRankKVCache: {type(attn).__module__}.apply_rotary_pos_emb has an "
                          "unexpected signature; this attention is not supported")
     return rope, apply
+
+
+def _kernelized_original(apply):
+    """The plain function behind a `kernels` hub wrapper. transformers >= 5.25 with the `kernels`
+    package decorates apply_rotary_pos_emb with `use_kernelized_func`, which replaces it by an
+    nn.Module whose forward(*args, **kwargs) calls the original (kept in forward's closure as
+    `func`) unless a hub kernel is active; the wrapper is still called as the model calls it."""
+    forward = getattr(type(apply), "forward", None) if isinstance(apply, nn.Module) else None
+    code = getattr(forward, "__code__", None)
+    if code is None or "func" not in code.co_freevars:
+        return apply
+    return forward.__closure__[code.co_freevars.index("func")].cell_contents
 
 
 def _check_attention(model: nn.Module, i: int, attn: nn.Module) -> None:
@@ -169,28 +228,39 @@ class LowRankKVCache(Cache):
     """A transformers Cache that stores rank-r latents for layers with low-rank k/v projections.
 
     Installs one forward pre-hook per attention module that acts only when this cache is the
-    call's cache (`cache` / `past_key_values`); `close()` (or leaving the `with` block) removes them."""
+    call's cache (`cache` / `past_key_values`), and with values after attention one pre-hook per
+    o_proj that acts only right after this cache returned latent values; `close()` (or leaving
+    the `with` block) removes them.
 
-    def __init__(self, model: nn.Module):
+    values_after_attention: False (default) = rebuild past values every step; True = weigh the
+    latent values and up-project after attention (needs eager or sdpa attention and an o_proj);
+    None = True where the attention allows it."""
+
+    def __init__(self, model: nn.Module, values_after_attention: bool | None = False):
         attns = _attention_modules(model)
-        layers, self._handles = [], []
+        after = _values_after_attention(model, attns, values_after_attention)
+        layers, self._handles, memo = [], [], {}
         for i, attn in enumerate(attns):
             _check_attention(model, i, attn)
             if _lowrank_kv(i, attn):
                 rope, apply = _rope_functions(model, attn)
                 text = model.config.get_text_config(decoder=True)
                 head_dim = getattr(attn, "head_dim", None) or text.hidden_size // text.num_attention_heads
-                layers.append(LowRankKVLayer(attn, rope, apply, attn.k_proj.out_features // head_dim, head_dim))
+                layers.append(LowRankKVLayer(attn, rope, apply, attn.k_proj.out_features // head_dim, head_dim,
+                                             values_after_attention=after, rope_memo=memo))
             else:
                 layers.append(DynamicLayer())
         if not any(isinstance(layer, LowRankKVLayer) for layer in layers):
             raise ValueError("LowRankKVCache: no block has low-rank k_proj and v_proj; compress them "
                              "first (e.g. targets=('*k_proj', '*v_proj'))")
         super().__init__(layers=layers)
+        self.values_after_attention = after
         me = weakref.ref(self)
         for attn, layer in zip(attns, layers):
             if isinstance(layer, LowRankKVLayer):
                 self._handles.append(attn.register_forward_pre_hook(_stager(me, layer), with_kwargs=True))
+                if after:
+                    self._handles.append(attn.o_proj.register_forward_pre_hook(_up_projector(layer)))
         weakref.finalize(self, _remove, list(self._handles))
 
     def close(self) -> None:
@@ -217,8 +287,35 @@ def cache_nbytes(cache: Cache) -> int:
     return total
 
 
+def _values_after_attention(model: nn.Module, attns: list[nn.Module], wanted: bool | None) -> bool:
+    """Whether attention can weigh latent values: eager/sdpa attention take a value width other
+    than head_dim (flash kernels do not), and o_proj must exist to take the up-projection."""
+    if wanted is False:
+        return False
+    impl = getattr(model.config.get_text_config(decoder=True), "_attn_implementation", None) \
+        or getattr(model.config, "_attn_implementation", None)
+    why = None
+    if impl not in ("eager", "sdpa"):
+        why = f"attention implementation {impl!r} (needs 'eager' or 'sdpa')"
+    elif not all(isinstance(getattr(a, "o_proj", None), nn.Module) for a in attns):
+        why = "an attention module without o_proj"
+    if why and wanted:
+        raise ValueError(f"LowRankKVCache: values_after_attention=True is not possible with {why}")
+    return why is None
+
+
+def _up_projector(layer: LowRankKVLayer):
+    def hook(mod, args):
+        if not layer.latent_values_out:
+            return None
+        layer.latent_values_out = False
+        return (layer.up_project_attention_output(args[0]),)
+    return hook
+
+
 def _stager(cache_ref, layer: LowRankKVLayer):
     def hook(mod, args, kwargs):
+        layer.latent_values_out = False  # a flag left by a call that raised must not reach this one
         cache = cache_ref()
         # transformers ≥ 5.24 passes the cache to attention as `cache`, earlier as `past_key_values`
         if cache is None or (kwargs.get("cache") is not cache and kwargs.get("past_key_values") is not cache):
