@@ -43,6 +43,10 @@ void ssyevd_(const char* jobz, const char* uplo, const int* n, float* a, const i
              float* work, const int* lwork, int* iwork, const int* liwork, int* info);
 void dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda,
              double* w, double* work, const int* lwork, int* iwork, const int* liwork, int* info);
+void sgeqp3_(const int* m, const int* n, float* a, const int* lda, int* jpvt, float* tau,
+             float* work, const int* lwork, int* info);
+void dgeqp3_(const int* m, const int* n, double* a, const int* lda, int* jpvt, double* tau,
+             double* work, const int* lwork, int* info);
 }
 
 namespace svdzip::core::detail {
@@ -111,6 +115,15 @@ inline void syevd(const char* jobz, const char* uplo, int n, float* a, int lda, 
 inline void syevd(const char* jobz, const char* uplo, int n, double* a, int lda, double* w,
                   double* work, int lwork, int* iwork, int liwork, int* info) {
   dsyevd_(jobz, uplo, &n, a, &lda, w, work, &lwork, iwork, &liwork, info);
+}
+
+inline void geqp3(int m, int n, float* a, int lda, int* jpvt, float* tau, float* work, int lwork,
+                  int* info) {
+  sgeqp3_(&m, &n, a, &lda, jpvt, tau, work, &lwork, info);
+}
+inline void geqp3(int m, int n, double* a, int lda, int* jpvt, double* tau, double* work,
+                  int lwork, int* info) {
+  dgeqp3_(&m, &n, a, &lda, jpvt, tau, work, &lwork, info);
 }
 
 // Throws if any of the `count` values is NaN or infinite, naming the first one found.

@@ -82,6 +82,12 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_outputs(const at::Tens
   return {with({a.size(-2), k}), with({k}), with({k, a.size(-1)})};
 }
 
+inline void check_pivoted_qr_args(const at::Tensor& A) {
+  check_float_dtype(A, "column_pivoted_qr", "A");
+  TORCH_CHECK_VALUE(A.dim() == 2 && A.size(0) > 0 && A.size(1) > 0,
+                    "column_pivoted_qr: A must be a non-empty matrix, got ", A.sizes());
+}
+
 inline void check_whitening_args(const at::Tensor& G, double jitter) {
   check_float_dtype(G, "whitening_factor", "G");
   TORCH_CHECK_VALUE(G.dim() == 2 && G.size(0) == G.size(1) && G.size(0) > 0,

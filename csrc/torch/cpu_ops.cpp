@@ -72,6 +72,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batched_svd_cpu(const at::Tensor&
   return {U, S, Vh};
 }
 
+std::tuple<at::Tensor, at::Tensor> column_pivoted_qr_cpu(const at::Tensor& A) {
+  check_pivoted_qr_args(A);
+  at::Tensor a = A.contiguous();
+  const index_t m = a.size(0), n = a.size(1);
+  at::Tensor R = at::empty({std::min(m, n), n}, a.options());
+  at::Tensor perm = at::empty({n}, a.options().dtype(at::kLong));
+  BlasThreadsForScope threads;
+  call_core("column_pivoted_qr", [&] {
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "column_pivoted_qr", [&] {
+      core::column_pivoted_qr(a.data_ptr<scalar_t>(), m, n, R.data_ptr<scalar_t>(),
+                              perm.data_ptr<int64_t>());
+    });
+  });
+  return {R, perm};
+}
+
 std::tuple<at::Tensor, at::Tensor> whitening_factor_cpu(const at::Tensor& G, double jitter) {
   check_whitening_args(G, jitter);
   at::Tensor g = G.contiguous();
@@ -94,6 +110,7 @@ TORCH_LIBRARY_IMPL(svdzip, CPU, m) {
   m.impl("abs_mean_accumulate_", &abs_mean_accumulate_cpu);
   m.impl("abs_max_accumulate_", &abs_max_accumulate_cpu);
   m.impl("batched_svd", &batched_svd_cpu);
+  m.impl("column_pivoted_qr", &column_pivoted_qr_cpu);
   m.impl("whitening_factor", &whitening_factor_cpu);
 }
 

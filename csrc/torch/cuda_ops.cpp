@@ -2,6 +2,7 @@
 // torch's current stream, with torch's per-device cuBLAS/cuSOLVER handles and scratch memory
 // from torch's caching allocator.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -136,6 +137,19 @@ std::tuple<at::Tensor, at::Tensor> whitening_factor_cuda(const at::Tensor& G, do
   return {F, whitening_info(info, g)};
 }
 
+// cuSOLVER has no column-pivoted QR, and the pivoting itself is sequential (each pivot needs
+// the norms left by all the previous ones), so a GPU gains little on one matrix: the CUDA
+// kernel runs the CPU one (LAPACK geqp3) on a host copy and returns R and perm on A's
+// device. One m x n copy each way per module, small next to the decomposition around it.
+std::tuple<at::Tensor, at::Tensor> column_pivoted_qr_cuda(const at::Tensor& A) {
+  check_pivoted_qr_args(A);
+  static auto cpu_op = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("svdzip::column_pivoted_qr", "")
+                           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
+  auto [R, perm] = cpu_op.call(A.cpu());
+  return {R.to(A.device()), perm.to(A.device())};
+}
+
 at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                                const std::optional<at::Tensor>& bias) {
   check_lowrank_args(x, A, B, bias);
@@ -166,6 +180,7 @@ TORCH_LIBRARY_IMPL(svdzip, CUDA, m) {
   m.impl("abs_mean_accumulate_", &abs_mean_accumulate_cuda);
   m.impl("abs_max_accumulate_", &abs_max_accumulate_cuda);
   m.impl("batched_svd", &batched_svd_cuda);
+  m.impl("column_pivoted_qr", &column_pivoted_qr_cuda);
   m.impl("whitening_factor", &whitening_factor_cuda);
   m.impl("lowrank_linear", &lowrank_linear_cuda);
 }

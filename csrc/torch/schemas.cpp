@@ -13,6 +13,9 @@ TORCH_LIBRARY(svdzip, m) {
   m.def("abs_max_accumulate_(Tensor(a!) acc, Tensor x) -> ()");
   // Rank-k truncated SVD of A (..., m, n): U (..., m, k), S (..., k) descending, Vh (..., k, n).
   m.def("batched_svd(Tensor A, int k) -> (Tensor U, Tensor S, Tensor Vh)");
+  // Column-pivoted QR of A (m, n): A[:, perm] = Q R; R (min(m, n), n) upper trapezoidal in
+  // pivot order, perm (n) int64. Q is not formed. The interpolative decomposition's columns.
+  m.def("column_pivoted_qr(Tensor A) -> (Tensor R, Tensor perm)");
   // factor F with F F^T ~= G (n x n); info (fp64, 3) = [path 0 chol / 1 jitter / 2 eigen,
   // shift added or eigenvalue floor, number of eigenvalues clamped].
   m.def("whitening_factor(Tensor G, float jitter=1e-6) -> (Tensor factor, Tensor info)");

@@ -8,7 +8,7 @@ NSVD, ResSVD) with a native C++/CUDA core.
 from . import ops
 from ._native import native as _native_module
 from .api import collect_statistics, compress
-from .config import (ASVDConfig, CompressConfig, FWSVDConfig, NSVDConfig, ResSVDConfig,
+from .config import (ASVDConfig, CompressConfig, FWSVDConfig, NIDConfig, NSVDConfig, ResSVDConfig,
                      SVDConfig, SVDLLMConfig, recipe)
 from .data import calibration_batches
 from .nn import LowRankLinear
@@ -34,4 +34,4 @@ def load_compressed(*args, **kwargs):
 
 __all__ = ["ops", "compress", "collect_statistics", "calibration_batches", "save_compressed", "load_compressed",
            "LowRankLinear", "CompressConfig", "SVDConfig", "FWSVDConfig", "ASVDConfig",
-           "SVDLLMConfig", "NSVDConfig", "ResSVDConfig", "recipe", "native_available", "__version__"]
+           "SVDLLMConfig", "NSVDConfig", "NIDConfig", "ResSVDConfig", "recipe", "native_available", "__version__"]

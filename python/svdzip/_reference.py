@@ -63,6 +63,38 @@ def batched_svd(A: torch.Tensor, k: int):
     return U[..., :k].contiguous(), S[..., :k].contiguous(), Vh[..., :k, :].contiguous()
 
 
+def column_pivoted_qr(A: torch.Tensor):
+    """Greedy Gram-Schmidt with the geqp3 pivot rule (the column of largest residual norm
+    next), each new direction orthogonalised twice: R (min(m, n), n) with A[:, perm] = Q R.
+    R's diagonal is non-negative here (LAPACK's may carry signs); the columns after the
+    first min(m, n) pivots keep their original order."""
+    if A.dim() != 2 or A.shape[0] == 0 or A.shape[1] == 0:
+        raise ValueError(f"column_pivoted_qr: A must be a non-empty matrix, got {tuple(A.shape)}")
+    if not torch.isfinite(A).all():
+        raise RuntimeError("svdzip::column_pivoted_qr: column_pivoted_qr: input has a non-finite value")
+    m, n = A.shape
+    k = min(m, n)
+    res = A.clone()
+    Q = A.new_zeros(m, k)
+    chosen: list[int] = []
+    free = torch.ones(n, dtype=torch.bool, device=A.device)
+    for j in range(k):
+        norms = res.pow(2).sum(0).masked_fill(~free, -1.0)
+        p = int(norms.argmax())
+        q = res[:, p].clone()
+        for _ in range(2):
+            q -= Q[:, :j] @ (Q[:, :j].T @ q)
+        nrm = q.norm()
+        if nrm > 0:
+            Q[:, j] = q / nrm
+        res -= Q[:, j:j + 1] @ (Q[:, j:j + 1].T @ res)
+        chosen.append(p)
+        free[p] = False
+    perm = torch.tensor(chosen + [i for i in range(n) if free[i]], dtype=torch.long, device=A.device)
+    R = (Q.T @ A[:, perm]).triu()
+    return R, perm
+
+
 def whitening_factor(G: torch.Tensor, jitter: float = 1e-6):
     if G.dim() != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
         raise ValueError(f"whitening_factor: G must be a non-empty square matrix, got {tuple(G.shape)}")

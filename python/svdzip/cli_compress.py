@@ -26,11 +26,14 @@ def add_compress(sub) -> None:
     p.add_argument("model", help="Hugging Face directory or alias (smollm2-135m)")
     p.add_argument("out", help="output directory (replaced atomically)")
     p.add_argument("--method", default=None, type=method_name, choices=sorted(CONFIGS),
-                   help="svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nsvd (default), ressvd")
+                   help="svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nsvd (default), nid, ressvd")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a named combination of options (README 'Recipes'); flags given explicitly win")
     p.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")
-    p.add_argument("--calib", default="wiki", help="calibration text: wiki, ptb or a text file")
+    p.add_argument("--calib", default="wiki",
+                   help="calibration text: wiki, ptb, code, bg or a text file; or a weighted mix of them, "
+                        "e.g. wiki:0.75,notes.txt:0.25 (windows drawn at random per source, --calib-seed)")
+    p.add_argument("--calib-seed", type=int, default=0, help="seed of a mixed --calib's window draw (default 0)")
     p.add_argument("--n-samples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
     p.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
@@ -66,10 +69,10 @@ def add_compress(sub) -> None:
     p.add_argument("--refine-lr", type=float, default=None, help="refinement learning rate (default 1e-4)")
     p.add_argument("--alpha", type=float, help="asvd: exponent of the channel scaling")
     p.add_argument("--stat", choices=["mean", "max"], help="asvd: channel statistic")
-    p.add_argument("--variant", choices=["I", "II"], help="nsvd: Cholesky (I) or eigen (II) stage 1")
-    p.add_argument("--first-fraction", type=float, help="nsvd/ressvd: share of the rank in stage 1")
-    p.add_argument("--stage1", help="nsvd/ressvd: weighting of stage 1 (plain, whitened, whitened_eigen, asvd)")
-    p.add_argument("--stage2", help="nsvd/ressvd: weighting of stage 2")
+    p.add_argument("--variant", choices=["I", "II"], help="nsvd/nid: Cholesky (I) or eigen (II) stage 1")
+    p.add_argument("--first-fraction", type=float, help="nsvd/nid/ressvd: share of the rank in stage 1")
+    p.add_argument("--stage1", help="nsvd/nid/ressvd: weighting of stage 1 (plain, whitened, whitened_eigen, asvd)")
+    p.add_argument("--stage2", help="nsvd/nid/ressvd: weighting of stage 2")
     p.add_argument("--last-fraction", type=float, help="ressvd: fraction of blocks compressed (from the end)")
     p.add_argument("--eval", default="", help="comma list of datasets to evaluate before and after, e.g. wiki,ptb")
     p.add_argument("--max-windows", type=int, default=None, help="evaluation windows (default: wiki 60, ptb 40)")
@@ -207,9 +210,8 @@ def _run_in_memory(args, cfg, device, group) -> int:
         result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, _bos(args))
         result["dense_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
         print("dense ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in result["dense_ppl"].items()))
-    calib = _calibration(args, tok, bos)
-    report = api.compress(model, cfg, calib, calibration_info={"source": args.calib, "bos": bos},
-                          batch_size=args.batch_size)
+    calib, calib_info = _calibration(args, tok, bos)
+    report = api.compress(model, cfg, calib, calibration_info=calib_info, batch_size=args.batch_size)
     print(report.summary(per_module=args.per_module))
     out = args.out
     with group.agree(f"saving {args.out}"):
@@ -221,11 +223,19 @@ def _run_in_memory(args, cfg, device, group) -> int:
     return _finish(args, result, out, t0, group)
 
 
-def _calibration(args, tok, bos: bool):
+def _calibration(args, tok, bos: bool) -> tuple:
+    """(windows, calibration_info for the report: the spec, BOS, and each source's share)."""
     from . import data
 
-    return data.calibration_batches(tok, data.text_for(args.calib, "calib"), args.n_samples,
-                                    args.seqlen, bos=bos)
+    try:
+        calib, mix = data.calibration_mix(tok, args.calib, args.n_samples, args.seqlen, bos=bos,
+                                          seed=args.calib_seed)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"svdzip compress --calib {args.calib}: {exc}") from exc
+    if len(mix) > 1:
+        print("calibration mix: " + ", ".join(f"{m['source']} {m['windows']} windows ({m['weight']:.0%})"
+                                              for m in mix))
+    return calib, {"source": args.calib, "bos": bos, "mix": mix, "seed": args.calib_seed}
 
 
 def _compressed_ppl(model, tok, sets, args, bos, cfg, result: dict) -> None:
@@ -256,13 +266,13 @@ def _run_offloaded(args, cfg, device, group) -> int:
     path = models.resolve(args.model)
     tok = AutoTokenizer.from_pretrained(path)
     bos = data.resolve_bos(tok, _bos(args))
-    calib = _calibration(args, tok, bos)
+    calib, calib_info = _calibration(args, tok, bos)
     try:
         report = compress_checkpoint(path, args.out, cfg, calib, device=device,
                                      dtype=models.parse_dtype(args.dtype), batch_size=args.batch_size,
                                      shard_size=args.shard_size, max_memory=args.max_memory, tokenizer=tok,
                                      trial_memory=args.trial_memory,
-                                     calibration_info={"source": args.calib, "bos": bos})
+                                     calibration_info=calib_info)
     except (MemoryError, NotImplementedError, ValueError) as exc:
         raise SystemExit(f"svdzip compress --offload: {exc}") from exc
     print(report.summary(per_module=args.per_module))

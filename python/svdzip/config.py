@@ -88,7 +88,7 @@ class CompressConfig:
     objective   "plain" (each layer fitted to its own inputs) or "compensated" (fitted, fed the
                 compressed model's inputs, to the dense layer's outputs on the dense inputs:
                 methods/compensated.py); compensated needs sequential=True and a whitened
-                method (svd_llm, or nsvd / ressvd with a whitened first stage)
+                method (svd_llm, or nsvd / nid / ressvd with a whitened first stage)
     refine_epochs, refine_lr, refine_holdout, refine_seed
                 block-wise refinement (pipeline/refine.py; needs sequential=True): after each
                 block is decomposed, up to `refine_epochs` epochs of Adam (lr `refine_lr`) on its
@@ -298,6 +298,16 @@ class NSVDConfig(_TwoStageConfig):
         if self.variant == "II" and self.stage1 == "whitened":
             self.stage1 = "whitened_eigen"
         super().__post_init__()
+
+
+@register
+@dataclass
+class NIDConfig(NSVDConfig):
+    """NID: NSVD's nested scheme with an interpolative decomposition (columns of the weighted
+    matrix chosen by column-pivoted QR, and the coefficients) in each stage; variant 'I'
+    (Cholesky) or 'II' (eigen factor) for stage 1, as for NSVD."""
+
+    method: ClassVar[str] = "nid"
 
 
 @register

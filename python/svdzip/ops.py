@@ -57,6 +57,13 @@ def batched_svd(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, to
     return _impl("batched_svd", A)(A, k)
 
 
+def column_pivoted_qr(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (m, n)[:, perm] = Q R: R (min(m, n), n) upper trapezoidal with |R_jj| non-increasing,
+    perm (n) int64; Q not formed. LAPACK geqp3 on CPU; on CUDA the same, on a host copy
+    (cuSOLVER has no pivoted QR)."""
+    return _impl("column_pivoted_qr", A)(A)
+
+
 @dataclass(frozen=True)
 class Whitening:
     """A factor F with F Fᵀ ≈ G and how it was obtained."""
@@ -116,6 +123,12 @@ def _register_fakes() -> None:
         *batch, m, n = A.shape
         torch._check(1 <= k <= min(m, n), lambda: f"batched_svd: k = {k} out of range")
         return A.new_empty(*batch, m, k), A.new_empty(*batch, k), A.new_empty(*batch, k, n)
+
+    @torch.library.register_fake("svdzip::column_pivoted_qr")
+    def _pivoted_qr(A):
+        torch._check(A.dim() == 2, lambda: f"column_pivoted_qr: A must be 2-D, got {A.dim()}")
+        m, n = A.shape
+        return A.new_empty(min(m, n), n), A.new_empty(n, dtype=torch.long)
 
     @torch.library.register_fake("svdzip::whitening_factor")
     def _whiten(G, jitter=1e-6):

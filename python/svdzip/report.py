@@ -84,7 +84,7 @@ class Report:
             f"{self.ratio_model:.4f} over the whole model ({self.model_params_after:,} / "
             f"{self.model_params_before:,})",
             f"dtype {self.dtype or '?'}; calibration " +
-            (", ".join(f"{k} {v}" for k, v in self.calibration.items()) or "none"),
+            (", ".join(f"{k} {_calibration_value(k, v)}" for k, v in self.calibration.items()) or "none"),
             f"time: statistics {self.seconds_stats:.1f} s, decomposition {self.seconds_decompose:.1f} s, " +
             (f"communication {self.seconds_comm:.1f} s, " if self.distributed else "") +
             f"total {self.seconds_total:.1f} s",
@@ -112,3 +112,10 @@ class Report:
             lines.append(f"refinement: {len(done)} of {len(self.refinement)} blocks improved, held-out "
                          f"MSE summed over blocks {before:.4g} -> {after:.4g}, {self.seconds_refine:.1f} s")
         return "\n".join(lines)
+
+
+def _calibration_value(key: str, value) -> str:
+    """A calibration record's value for the summary line; a mix as 'wiki 24 + notes.txt 8 windows'."""
+    if key == "mix" and isinstance(value, list):
+        return " + ".join(f"{m.get('source')} {m.get('windows')}" for m in value) + " windows"
+    return str(value)

@@ -58,4 +58,4 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-from . import asvd, fwsvd, nsvd, ressvd, svd, svd_llm  # noqa: E402,F401  (registration)
+from . import asvd, fwsvd, nid, nsvd, ressvd, svd, svd_llm  # noqa: E402,F401  (registration)

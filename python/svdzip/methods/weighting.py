@@ -36,7 +36,8 @@ def _unweight_right(B: torch.Tensor, w: Weighting) -> torch.Tensor:
     return torch.linalg.solve(S.T, B.T).T
 
 
-def _weighted(W: torch.Tensor, w: Weighting) -> torch.Tensor:
+def weighted(W: torch.Tensor, w: Weighting) -> torch.Tensor:
+    """l ⊙ W·S in float64: the matrix every weighted decomposition factors."""
     M = W.double()
     if w.right is not None:
         M = M * w.right if w.right.dim() == 1 else M @ w.right
@@ -56,7 +57,7 @@ def _svds_by_shape(jobs: list[tuple[torch.Tensor, Weighting, int | None]]):
         by_shape.setdefault(tuple(W.shape), []).append(i)
     for shape, idx in by_shape.items():
         k = max(min(shape) if jobs[i][2] is None else jobs[i][2] for i in idx)
-        U, S, Vh = ops.batched_svd(torch.stack([_weighted(*jobs[i][:2]) for i in idx]), k)
+        U, S, Vh = ops.batched_svd(torch.stack([weighted(*jobs[i][:2]) for i in idx]), k)
         for j, i in enumerate(idx):
             yield i, (U[j], S[j], Vh[j])
 
@@ -69,7 +70,11 @@ def weighted_svd(W: torch.Tensor, w: Weighting = PLAIN, k: int | None = None):
 def factors(U, S, Vh, k: int, w: Weighting = PLAIN) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, B) from the leading k triplets of a weighted SVD: √Σ split, weighting undone."""
     root = S[:k].sqrt()
-    A, B = U[:, :k] * root, root[:, None] * Vh[:k]
+    return unweight(U[:, :k] * root, root[:, None] * Vh[:k], w)
+
+
+def unweight(A: torch.Tensor, B: torch.Tensor, w: Weighting) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors (A, B) of the weighted matrix l ⊙ W·S -> factors of W: S undone on B, l on A."""
     if w.right is not None:
         B = _unweight_right(B, w)
     if w.left is not None:
@@ -106,10 +111,13 @@ def truncate_many_prepared(jobs, cfg=None):
     return truncate_many([(W, k, w) for W, w, k in jobs])
 
 
-def two_stage_many(jobs: list[tuple]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """two_stage(W, k, k1, w1, w2) for each job, each stage's SVDs batched by shape."""
-    firsts = truncate_many([(W, k1, w1) for W, k, k1, w1, w2 in jobs])
-    return _second_stages(jobs, firsts)
+def two_stage_many(jobs: list[tuple], stage=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """two_stage(W, k, k1, w1, w2) for each job, each stage's SVDs batched by shape.
+    `stage` ([(W, k, w)] -> [(A, B)]) decomposes each stage: truncate_many (the truncated
+    SVD, NSVD) unless given (the interpolative decomposition, NID)."""
+    stage = stage or truncate_many
+    firsts = stage([(W, k1, w1) for W, k, k1, w1, w2 in jobs])
+    return _second_stages(jobs, firsts, stage)
 
 
 def two_stage(W: torch.Tensor, k: int, k1: int, w1: Weighting, w2: Weighting):
@@ -118,14 +126,15 @@ def two_stage(W: torch.Tensor, k: int, k1: int, w1: Weighting, w2: Weighting):
     return two_stage_many([(W, k, k1, w1, w2)])[0]
 
 
-def two_stage_truncator(W: torch.Tensor, w1: Weighting, w2: Weighting, split):
-    """k -> two_stage(W, k, split(k), w1, w2) sharing one stage-1 SVD; stage 2 (the residual
-    depends on k) is one more SVD per call."""
-    first = truncator(W, w1)
-    return lambda k: _second_stages([(W, k, split(k), w1, w2)], [first(split(k))])[0]
+def two_stage_truncator(W: torch.Tensor, w1: Weighting, w2: Weighting, split, first_truncator=None,
+                        stage=None):
+    """k -> two_stage(W, k, split(k), w1, w2) sharing one stage-1 factorisation (`first_truncator`,
+    default the SVD's `truncator`); stage 2 (the residual depends on k) is one more `stage` call."""
+    first = (first_truncator or truncator)(W, w1)
+    return lambda k: _second_stages([(W, k, split(k), w1, w2)], [first(split(k))], stage or truncate_many)[0]
 
 
-def _second_stages(jobs, firsts):
+def _second_stages(jobs, firsts, stage):
     """Stage 2 of each job (W, k, k1, w1, w2) on the residual of its stage-1 factors."""
     todo = [i for i, (_, k, k1, _, _) in enumerate(jobs) if k1 < k]
     residuals = []
@@ -133,7 +142,7 @@ def _second_stages(jobs, firsts):
         W, k, k1, _, w2 = jobs[i]
         A1, B1 = firsts[i]
         residuals.append((W.double() - A1 @ B1, k - k1, w2))
-    seconds = truncate_many(residuals)
+    seconds = stage(residuals)
     out = list(firsts)
     for i, (A2, B2) in zip(todo, seconds):
         A1, B1 = firsts[i]

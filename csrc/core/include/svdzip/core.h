@@ -66,6 +66,14 @@ template <typename T>
 void batched_svd(const T* a, index_t batch, index_t m, index_t n, index_t k, T* u, T* s, T* vh,
                  index_t first_index = 0);
 
+// Column-pivoted QR of a (m x n, row-major): a[:, perm] = Q R with |R_00| >= |R_11| >= ...
+// (LAPACK geqp3: Householder with column-norm downdating; Q is not formed). Writes R
+// (min(m, n) x n, row-major, zero below the diagonal, columns in pivot order) and perm (n).
+// The leading k pivots are the columns of an interpolative decomposition of rank k:
+// a ~= a[:, perm[:k]] Z, Z[:, perm] = R11^-1 [R11 R12] (svdzip/methods/interpolative.py).
+template <typename T>
+void column_pivoted_qr(const T* a, index_t m, index_t n, T* r, index_t* perm);
+
 // How a whitening factor was obtained; the pipeline reports it per module.
 enum class WhiteningPath : int { Cholesky = 0, CholeskyJitter = 1, Eigen = 2 };
 
