@@ -11,14 +11,19 @@ each stage) at --nid-fractions with a plain stage 2. NSVD-II is not a row: it eq
 rounding (the SVD does not see which square root of the Gram whitens it). Statistics (Gram and
 mean|x|, one-shot) come from the dense model once and serve every row. Texts: wiki (in domain),
 ptb, code (Python source) and bg (Bulgarian Wikipedia), none but wiki used for calibration.
-Rows are appended to bench/results/nsvd_sweep_<tag>.json as they finish.
+Rows are appended to bench/results/nsvd_sweep_<tag>.json as they finish;
+`python bench/bench_nsvd_sweep.py --table bench/results/nsvd_sweep_<tag>.json` prints the
+README's table of one.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -40,14 +45,33 @@ def variants(args):
             yield f"nid-{v} f={f}", "nid", {"first_fraction": f, "variant": v, "stage2": "plain"}
 
 
+def table(path: str) -> str:
+    """The README's markdown table of a sweep JSON: ppl per text, and each row's ratio to the
+    svd_llm row at the same ratio (below 1 = better than whitening alone)."""
+    res = json.loads(Path(path).read_text())
+    sets = list(res["dense"])
+    lines = ["| row | ratio | " + " | ".join(sets) + " | decomp s |", "|---|---|" + "---|" * len(sets) + "---|",
+             "| dense | 1.0 | " + " | ".join(f"{res['dense'][s]:.2f}" for s in sets) + " | – |"]
+    base = {r["ratio"]: r["ppl"] for r in res["rows"] if r["method"] == "svd_llm"}
+    for r in res["rows"]:
+        ref = base.get(r["ratio"])
+        cells = [f"{r['ppl'][s]:,.1f}" + ("" if r["method"] == "svd_llm" or ref is None
+                                          else f" ({r['ppl'][s] / ref[s]:.2f}×)") for s in sets]
+        lines.append(f"| {r['label']} | {r['ratio']} | " + " | ".join(cells) + f" | {r['seconds_decompose']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(table(sys.argv[2]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.8, 0.6])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.95, 0.9, 0.8, 0.7])
     ap.add_argument("--stage2", nargs="+", default=["plain", "asvd"], choices=["plain", "asvd"])
     ap.add_argument("--nid", nargs="+", default=["I", "II"], choices=["I", "II"])
-    ap.add_argument("--nid-fractions", nargs="+", type=float, default=[1.0, 0.95])
+    ap.add_argument("--nid-fractions", nargs="*", type=float, default=[1.0, 0.95], help="none: no NID rows")
     ap.add_argument("--datasets", default="wiki,ptb,code,bg")
     ap.add_argument("--max-windows", type=int, default=16, help="evaluation windows per text (bg has 15 on SmolLM2)")
     ap.add_argument("--calib", default="wiki", help="calibration spec, e.g. wiki or wiki:0.75,code:0.25")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from svdzip import methods
-from svdzip.config import ASVDConfig, FWSVDConfig, NSVDConfig, ResSVDConfig, SVDConfig, SVDLLMConfig
+from svdzip.config import ASVDConfig, FWSVDConfig, NIDConfig, NSVDConfig, ResSVDConfig, SVDConfig, SVDLLMConfig
 from svdzip.methods import weighting
 
 
@@ -61,7 +61,7 @@ def test_nsvd_split_and_variants(gen):
 
 
 @pytest.mark.parametrize("cfg", [ASVDConfig(), ASVDConfig(stat="max", alpha=1.0), SVDConfig(),
-                                 SVDLLMConfig(), NSVDConfig()])
+                                 SVDLLMConfig(), NSVDConfig(), NIDConfig(), NIDConfig(variant="II")])
 def test_full_rank_fold_back_is_exact(gen, cfg):
     W, X, stats = _problem(gen)
     A, B = _run(cfg, W, stats, 16)
@@ -110,7 +110,7 @@ def test_eigen_weighting_is_a_square_root_of_the_gram(gen):
 
 
 @pytest.mark.parametrize("cfg", [SVDConfig(), ASVDConfig(), SVDLLMConfig(), NSVDConfig(), ResSVDConfig(),
-                                 NSVDConfig(variant="II")])
+                                 NSVDConfig(variant="II"), NIDConfig(), NIDConfig(variant="II", stage2="asvd")])
 def test_truncator_equals_decompose_at_every_rank(gen, cfg):
     """Rank-allocation trials truncate one SVD instead of refactoring: same factors' product."""
     W, _, stats = _problem(gen)
@@ -125,7 +125,7 @@ def test_truncator_equals_decompose_at_every_rank(gen, cfg):
 
 
 @pytest.mark.parametrize("cfg", [SVDConfig(), ASVDConfig(), SVDLLMConfig(), NSVDConfig(), ResSVDConfig(),
-                                 FWSVDConfig()], ids=lambda c: c.method)
+                                 FWSVDConfig(), NIDConfig()], ids=lambda c: c.method)
 def test_decompose_many_equals_one_by_one(gen, cfg):
     # A block's modules are decomposed together (same-shaped SVDs in one batched call, run
     # one matrix per thread): the factors must be those of decomposing each module alone.
