@@ -32,6 +32,9 @@ RECIPES = {
     "loss+seq+comp": {"allocation": "loss", "sequential": True, "objective": "compensated", "compensation": 0.5},
     "loss+seq+comp(β=0.25)": {"allocation": "loss", "sequential": True, "objective": "compensated",
                               "compensation": 0.25},
+    # nsvd only: the best recipe with NSVD's stage 2 weighted by ASVD's channel scale (bench_nsvd_sweep)
+    "loss+seq+comp(β=0.25)+s2=asvd": {"allocation": "loss", "sequential": True, "objective": "compensated",
+                                      "compensation": 0.25, "stage2": "asvd"},
     "loss(fisher)": {"allocation": "loss", "loss_importance": "fisher"},
     "loss(fisher,floor 0)": {"allocation": "loss", "loss_importance": "fisher", "loss_min_ratio": 0.0},
     "loss(rel)": {"allocation": "loss", "loss_importance": "relative"},

@@ -14,7 +14,7 @@ def smol():
     torch.set_num_threads(2)
     model, tok = models.load("smollm2-135m")
     calib = data.calibration_batches(tok, n_samples=32, seqlen=512)
-    stats = api.collect_statistics(model, sz.SVDLLMConfig(), calib, kinds={"gram"}, progress=False)
+    stats = api.collect_statistics(model, sz.SVDLLMConfig(), calib, kinds={"gram", "abs_mean"}, progress=False)
     return tok, calib, stats
 
 

@@ -44,7 +44,7 @@ def test_two_stage_with_identical_weighting_equals_rank_k_truncation(gen, cfg_cl
     A, B = _run(cfg_cls(stage1="whitened", stage2="whitened", first_fraction=0.6), W, stats, k)
     assert A.shape == (24, k) and B.shape == (k, 16)
     assert torch.allclose(A @ B, ref_A @ ref_B, atol=1e-8)
-    # ...and with the default plain second stage the result differs (the stages matter).
+    # ...and with the default second stage (asvd for nsvd, plain for ressvd) the result differs.
     A3, B3 = _run(cfg_cls(first_fraction=0.6), W, stats, k)
     assert not torch.allclose(A3 @ B3, ref_A @ ref_B, atol=1e-4)
     assert _out_err(W, A3, B3, X) >= _out_err(W, ref_A, ref_B, X) - 1e-9  # whitened is optimal
