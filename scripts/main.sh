@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README's main command: set up (idempotent), then compress SmolLM2-135M with the best recipe
-# (svdzip.config.RECIPES["best"]: svd_llm, sequential, compensated objective, loss allocation)
+# (svdzip.config.RECIPES["best"]: nsvd with an ASVD-weighted stage 2, sequential, compensated
+# objective, loss allocation)
 # keeping 80% of the decoder-block parameters, and print dense vs compressed perplexity (wiki and ptb,
 # the fixed protocol), the time taken and where the result was saved.
 #   OUT=dir scripts/main.sh    to choose the output directory (default out/smollm2-best-0.8)

@@ -85,12 +85,15 @@ def test_recipes_give_their_fields_and_flags_win():
     from svdzip.cli_compress import make_config
 
     cfg = sz.recipe("best")
-    assert (cfg.method, cfg.sequential, cfg.objective, cfg.allocation) == ("svd_llm", True, "compensated", "loss")
+    assert (cfg.method, cfg.sequential, cfg.objective, cfg.allocation) == ("nsvd", True, "compensated", "loss")
+    assert (cfg.first_fraction, cfg.stage2, cfg.compensation) == (0.95, "asvd", 0.25)
     assert sz.recipe("best", ratio=0.6).ratio == 0.6
+    other = sz.recipe("best", method="svd_llm")
+    assert (other.method, other.objective, other.allocation) == ("svd_llm", "compensated", "loss")
     with pytest.raises(ValueError, match="unknown recipe"):
         sz.recipe("fastest")
-    cli = make_config(build_parser().parse_args(["compress", "m", "o", "--recipe", "best", "--method", "nsvd",
+    cli = make_config(build_parser().parse_args(["compress", "m", "o", "--recipe", "best", "--method", "svd_llm",
                                                  "--allocation", "uniform"]))
-    assert (cli.method, cli.sequential, cli.objective, cli.allocation) == ("nsvd", True, "compensated", "uniform")
+    assert (cli.method, cli.sequential, cli.objective, cli.allocation) == ("svd_llm", True, "compensated", "uniform")
     plain = make_config(build_parser().parse_args(["compress", "m", "o"]))
     assert (plain.method, plain.sequential, plain.objective) == ("nsvd", False, "plain")

@@ -151,6 +151,8 @@ def make_config(args):
     base.pop("method", None)
     cls = CONFIGS[args.method]
     fields = {f for f in cls.__dataclass_fields__}
+    # --method overriding the recipe's: the recipe's fields of its own method (nsvd's stage2) drop out
+    base = {k: v for k, v in base.items() if k in fields}
     kw = {**base, "ratio": args.ratio, "sequential": args.sequential or base.get("sequential", False),
           "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
     for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
