@@ -113,11 +113,20 @@ def test_cache_holds_fewer_bytes_than_dense_cache():
     with torch.no_grad():
         model(ids, cache=dense, use_cache=True)
     with LowRankKVCache(model) as cache, torch.no_grad():
-        model(ids, cache=cache, use_cache=True)
+        out = model(ids, cache=cache, use_cache=True)
         low = cache.nbytes()
+        buffers = [b.data_ptr() for b in cache.layers[0]._storage.values()]
+        for _ in range(8):   # the 8 spare tokens take 8 decode steps without a new buffer
+            out = model(out.logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+        assert [b.data_ptr() for b in cache.layers[0]._storage.values()] == buffers
+        assert cache.nbytes() == low and cache.layers[0].keys.shape[1] == 20
+        model(out.logits[:, -1:].argmax(-1), cache=cache, use_cache=True)   # the 21st grows them
+        assert cache.nbytes() > low and cache.layers[0].keys.shape[1] == 21
     dense_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in dense.layers)
-    # latents are out/4 wide; positions add one int64 per token per layer
-    assert low == dense_bytes // 4 + 3 * 12 * 8
+    # latents are out/4 wide; positions add one int64 per token per layer; the buffers hold
+    # 8 spare tokens (20 rows for 12 tokens), and nbytes counts them
+    assert low == (dense_bytes // 4 + 3 * 12 * 8) * 20 // 12
+    assert low < dense_bytes // 2
 
 
 def test_layers_with_dense_kv_keep_a_dense_cache():
@@ -189,3 +198,36 @@ def test_kv_overrides_give_the_requested_rank():
     assert ranks == {8}                                  # 0.25 x 32 outputs
     with pytest.raises(ValueError, match="cache_ratio = 1.5"):
         kv_overrides(model, 1.5)
+
+
+def test_keys_rotated_by_the_fast_rope_only_where_it_equals_the_models_own():
+    from transformers.models.llama import modeling_llama
+    from svdzip.kvcache import _is_rotate_half_rope, _kernelized_original
+
+    assert _is_rotate_half_rope(modeling_llama.apply_rotary_pos_emb)
+
+    def interleaved(q, k, cos, sin):   # GPT-J style pairs (x0, x1), (x2, x3), ...: not rotate-half
+        def rot(x):
+            return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+    assert not _is_rotate_half_rope(interleaved)
+    assert not _is_rotate_half_rope(lambda q, k, cos, sin: (q, k))
+    assert _kernelized_original(interleaved) is interleaved
+
+
+@pytest.mark.parametrize("values_after_attention", [False, True])
+def test_models_own_rope_gives_the_same_tokens_as_the_fast_rope(values_after_attention):
+    model = _compress_kv(tiny("qwen2"), lambda out: out // 4)
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(6))
+    runs = []
+    for fast in (True, False):
+        with LowRankKVCache(model, values_after_attention=values_after_attention) as cache:
+            layers = [layer for layer in cache.layers if hasattr(layer, "fast_rope")]
+            assert all(layer.fast_rope for layer in layers)
+            for layer in layers:
+                layer.fast_rope = fast
+            runs.append(_generate(model, ids, cache, n=32))
+    assert torch.equal(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runs[0][1], _uncached_logits(model, runs[0][0], 32), rtol=1e-4, atol=1e-4)

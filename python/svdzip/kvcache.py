@@ -52,6 +52,8 @@ class LowRankKVLayer(DynamicLayer):
         self.positions: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.latent_values_out = False  # set by update(), consumed by the o_proj pre-hook
+        self.fast_rope = _is_rotate_half_rope(apply_rope)
+        self._storage: dict[str, torch.Tensor] = {}  # name -> buffer that keys/values/positions view
 
     def stage(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> None:
         """Called by the attention pre-hook: latents and positions of the tokens of this step."""
@@ -79,27 +81,54 @@ class LowRankKVLayer(DynamicLayer):
                                "new keys; k_proj's input is not the attention input in this model")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        past_k, past_v, past_pos = self.keys, self.values, self.positions
-        self.keys = torch.cat([past_k, c_k.to(self.dtype)], dim=1)
-        self.values = torch.cat([past_v, c_v.to(self.dtype)], dim=1)
-        self.positions = torch.cat([past_pos, pos.to(self.device)], dim=1)
-        if past_k.shape[1] == 0:
+        first = self.keys.shape[1] == 0
+        self._append("keys", c_k.to(self.dtype))
+        self._append("values", c_v.to(self.dtype))
+        self._append("positions", pos.to(self.device))
+        if first:
             return key_states, value_states
-        keys = torch.cat([self._rebuild_keys(past_k, past_pos), key_states], dim=-2)
+        # Every cached token (the new ones included) rebuilt in one GEMM: no concatenation of the
+        # rebuilt past with the step's exact keys; the new keys differ from those by rounding only.
+        keys = self._rebuild_keys(self.keys, self.positions)
         if self.values_after_attention:
             self.latent_values_out = True
             b, n, r = self.values.shape
             return keys, self.values.view(b, 1, n, r).expand(b, self.n_kv_heads, n, r)
-        return keys, torch.cat([self._rebuild_values(past_v), value_states], dim=-2)
+        return keys, self._rebuild_values(self.values)
 
     def _rebuild_keys(self, c_k, pos):
-        """Past keys with RoPE at their own positions, (batch, kv heads, seq, head_dim)."""
+        """Cached keys with RoPE at their own positions, (batch, kv heads, seq, head_dim)."""
         b, n = c_k.shape[:2]
         k = F.linear(c_k, self.k_proj.A, self.k_proj.bias).view(b, n, self.n_kv_heads, self.head_dim)
-        k = k.transpose(1, 2)
         cos, sin = self._cos_sin(k, pos)
-        k, _ = self.apply_rope(k, k, cos, sin)
+        k = k.transpose(1, 2)
+        if self.fast_rope:
+            return _rotate_half_rope(k, cos.unsqueeze(1), sin.unsqueeze(1))
+        # the model's own function rotates a query too: give it one kv head's worth, not all
+        _, k = self.apply_rope(k[:, :1], k, cos, sin)
         return k
+
+    def _append(self, name: str, new: torch.Tensor) -> None:
+        """Append `new` along the sequence to keys / values / positions, which are views of the
+        first n tokens of a buffer with some room to spare: a decode step writes one token in place
+        instead of copying the whole cache (torch.cat). The buffer grows by max(8, n/16) tokens
+        beyond what is needed, so it holds at most ~6 % + 8 tokens unused (counted by nbytes);
+        a view that is no longer the buffer's start (after reorder / batch selection) is copied
+        into a new one."""
+        cur = getattr(self, name)
+        buf = self._storage.get(name)
+        n, t = cur.shape[1], new.shape[1]
+        if (buf is None or n == 0 or cur.data_ptr() != buf.data_ptr() or cur.stride() != buf.stride()
+                or buf.shape[0] != cur.shape[0] or buf.shape[1] < n + t):
+            buf = cur.new_empty(cur.shape[0], n + t + max(8, (n + t) // 16), *cur.shape[2:])
+            buf[:, :n] = cur
+            self._storage[name] = buf
+        buf[:, n:n + t] = new
+        setattr(self, name, buf[:, :n + t])
+
+    def storage_nbytes(self) -> int:
+        """Bytes of the buffers behind keys / values / positions (capacity, not just the tokens)."""
+        return sum(b.numel() * b.element_size() for b in self._storage.values())
 
     def _cos_sin(self, k, pos):
         """The rotary cos/sin of the past positions; every layer of a step asks for the same ones,
@@ -139,6 +168,7 @@ class LowRankKVLayer(DynamicLayer):
     def reset(self) -> None:
         super().reset()
         self.positions, self._pending, self.latent_values_out = None, None, False
+        self._storage = {}
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.get_seq_length() > 0:
@@ -154,6 +184,31 @@ class LowRankKVLayer(DynamicLayer):
         if self.get_seq_length() > 0:
             super().batch_select_indices(indices)
             self.positions = self.positions[indices, ...]
+
+
+def _rotate_half_rope(k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """k·cos + rotate_half(k)·sin (rotate_half(x) = [-x₂, x₁]) in three ops writing one contiguous
+    output, where transformers' form allocates a negation, a concatenation and two products."""
+    h = k.shape[-1] // 2
+    out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    torch.mul(k, cos, out=out)
+    out[..., :h].addcmul_(k[..., h:], sin[..., :h], value=-1)
+    out[..., h:].addcmul_(k[..., :h], sin[..., h:])
+    return out
+
+
+def _is_rotate_half_rope(apply) -> bool:
+    """Whether the model's apply_rotary_pos_emb is the usual rotate-half RoPE (then keys are rotated
+    by _rotate_half_rope; otherwise by the model's function). Decided by running both once on
+    random tensors, so a model with interleaved or partial rotary keeps its own."""
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 5, 8, generator=g)
+    cos, sin = torch.randn(1, 5, 8, generator=g), torch.randn(1, 5, 8, generator=g)
+    try:
+        _, ref = apply(q, k, cos, sin)
+    except Exception:  # noqa: BLE001 - any failure means "not the usual form": use the model's own
+        return False
+    return torch.allclose(_rotate_half_rope(k, cos.unsqueeze(1), sin.unsqueeze(1)), ref, atol=1e-6)
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -278,9 +333,13 @@ class LowRankKVCache(Cache):
 
 
 def cache_nbytes(cache: Cache) -> int:
-    """Bytes a transformers Cache holds now (keys, values and, for latent layers, positions)."""
+    """Bytes a transformers Cache holds now: keys and values of dense layers; for latent layers the
+    buffers behind latents and positions, their spare room included."""
     total = 0
     for layer in cache.layers:
+        if isinstance(layer, LowRankKVLayer):
+            total += layer.storage_nbytes()
+            continue
         for t in (layer.keys, layer.values, getattr(layer, "positions", None)):
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
