@@ -9,19 +9,21 @@ Only k_proj and v_proj are compressed, to rank = cache_ratio x (kv heads x head_
 else stays dense. Per model: wiki ppl (protocol windows), then decode after a --context-token
 prompt with transformers' DynamicCache and with svdzip's LowRankKVCache (prefill subtracted).
 Bytes per token are measured from the tensors each cache holds after generation. The latent
-cache runs twice: values rebuilt every step (the default) and values after attention.
+cache runs twice: values rebuilt every step and values after attention. The three caches
+take turns within each timing round.
 Writes bench/results/kvcache_<method>_<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 from transformers import DynamicCache
 
-from _timing import machine, median_time, write_json
+from _timing import machine, write_json
 import svdzip as sz
 from svdzip import data, eval as ev, models
 from svdzip.config import CONFIGS
@@ -29,28 +31,41 @@ from svdzip.kvcache import LowRankKVCache, cache_nbytes, kv_overrides
 
 
 @torch.no_grad()
-def decode(model, prompt, new_tokens: int, make_cache, repeats: int, device: str) -> dict:
-    """Decode tok/s (generate minus a prefill of the same prompt) and bytes/token of the cache."""
+def decode(model, prompt, new_tokens: int, makers: dict, repeats: int, device: str) -> dict:
+    """Per cache kind: decode tok/s (generate minus a prefill of the same prompt) and bytes/token.
+    The kinds take turns within each round (one warm-up round first), so a slow spell of this
+    noisy machine hits all of them rather than one; medians over the rounds."""
     gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                pad_token_id=model.config.eos_token_id)
-    holder = {}
-
-    def prefill():
-        model(prompt, cache=make_cache(), use_cache=True)
-
-    def run():
-        holder["cache"] = make_cache()
-        holder["out"] = model.generate(prompt, cache=holder["cache"], **gen)
-
-    first = median_time(prefill, repeats=repeats, warmup=1, device=device)
-    total = median_time(run, repeats=repeats, warmup=1, device=device)
-    cache = holder["cache"]
-    tokens = cache.get_seq_length()
-    out = {"decode_tok_s": (new_tokens - 1) / max(total - first, 1e-9),
-           "cache_bytes_per_token": cache_nbytes(cache) / tokens, "tokens_cached": tokens,
-           "sequence": holder["out"][0].tolist()}
-    if isinstance(cache, LowRankKVCache):
-        cache.close()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = {k: {"prefill": [], "total": []} for k in makers}
+    last = {}
+    for rnd in range(repeats + 1):
+        for kind, make in makers.items():
+            sync()
+            t0 = time.perf_counter()
+            model(prompt, cache=make(), use_cache=True)
+            sync()
+            t1 = time.perf_counter()
+            cache = make()
+            seq = model.generate(prompt, cache=cache, **gen)
+            sync()
+            t2 = time.perf_counter()
+            if rnd:
+                times[kind]["prefill"].append(t1 - t0)
+                times[kind]["total"].append(t2 - t1)
+            if isinstance(last.get(kind, (None,))[0], LowRankKVCache):
+                last[kind][0].close()
+            last[kind] = (cache, seq)
+    out = {}
+    for kind, (cache, seq) in last.items():
+        first, total = statistics.median(times[kind]["prefill"]), statistics.median(times[kind]["total"])
+        tokens = cache.get_seq_length()
+        out[kind] = {"decode_tok_s": (new_tokens - 1) / max(total - first, 1e-9),
+                     "cache_bytes_per_token": cache_nbytes(cache) / tokens, "tokens_cached": tokens,
+                     "sequence": seq[0].tolist()}
+        if isinstance(cache, LowRankKVCache):
+            cache.close()
     return out
 
 
@@ -85,20 +100,22 @@ def main() -> None:
         model.to(args.device).eval()
         ppl = ev.evaluate(model, tok, ("wiki",), max_windows=args.max_windows, progress=False)["wiki"]
         name = "dense" if ratio is None else f"{args.method} kv {ratio}"
-        dense = decode(model, prompt, args.new_tokens, lambda: DynamicCache(config=model.config),
-                       args.repeats, args.device)
+        makers = {"dynamic": lambda: DynamicCache(config=model.config)}
+        if ratio is not None:
+            # the default path (past values rebuilt every step) and values after attention, same run
+            makers["lowrank"] = lambda: LowRankKVCache(model, values_after_attention=False)
+            makers["after"] = lambda: LowRankKVCache(model, values_after_attention=True)
+        res = decode(model, prompt, args.new_tokens, makers, args.repeats, args.device)
+        dense = res["dynamic"]
         row = {"model": name, "cache_ratio": ratio, "wiki_ppl": ppl, "compress_seconds": compress_s,
                "dense_cache": dense}
         caches = [("dynamic", dense)]
-        if ratio is not None:
-            # the default path (past values rebuilt every step) and values after attention, same run
-            for key, after in (("lowrank_cache", False), ("lowrank_cache_after_attention", True)):
-                low = decode(model, prompt, args.new_tokens,
-                             lambda: LowRankKVCache(model, values_after_attention=after),
-                             args.repeats, args.device)
+        for kind, key in (("lowrank", "lowrank_cache"), ("after", "lowrank_cache_after_attention")):
+            if kind in res:
+                low = res[kind]
                 low["same_tokens_as_dense_cache"] = low["sequence"] == dense["sequence"]
                 row[key] = low
-                caches.append(("after" if after else "lowrank", low))
+                caches.append((kind, low))
         for kind, r in caches:
             print(f"{name:14s} {ppl:8.2f} {kind:>7s} {r['cache_bytes_per_token']:8.0f} "
                   f"{r['decode_tok_s']:12.1f} {r['decode_tok_s'] / dense['decode_tok_s']:13.2f}x", flush=True)
