@@ -202,18 +202,18 @@ def test_kv_overrides_give_the_requested_rank():
 
 def test_keys_rotated_by_the_fast_rope_only_where_it_equals_the_models_own():
     from transformers.models.llama import modeling_llama
-    from svdzip.kvcache import _is_rotate_half_rope, _kernelized_original
+    from svdzip.rope import is_rotate_half_rope, kernelized_original
 
-    assert _is_rotate_half_rope(modeling_llama.apply_rotary_pos_emb)
+    assert is_rotate_half_rope(modeling_llama.apply_rotary_pos_emb)
 
     def interleaved(q, k, cos, sin):   # GPT-J style pairs (x0, x1), (x2, x3), ...: not rotate-half
         def rot(x):
             return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return q * cos + rot(q) * sin, k * cos + rot(k) * sin
-    assert not _is_rotate_half_rope(interleaved)
-    assert not _is_rotate_half_rope(lambda q, k, cos, sin: (q, k))
-    assert _kernelized_original(interleaved) is interleaved
+    assert not is_rotate_half_rope(interleaved)
+    assert not is_rotate_half_rope(lambda q, k, cos, sin: (q, k))
+    assert kernelized_original(interleaved) is interleaved
 
 
 @pytest.mark.parametrize("values_after_attention", [False, True])

@@ -24,8 +24,6 @@ step (its cos/sin computed once per step for all layers).
 
 from __future__ import annotations
 
-import inspect
-import sys
 import weakref
 
 import torch
@@ -35,6 +33,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from .nn import LowRankLinear
 from .pipeline.walk import decoder_layers
+from .rope import is_rotate_half_rope, rope_functions, rotate_half_rope
 
 
 class LowRankKVLayer(DynamicLayer):
@@ -52,7 +51,7 @@ class LowRankKVLayer(DynamicLayer):
         self.positions: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.latent_values_out = False  # set by update(), consumed by the o_proj pre-hook
-        self.fast_rope = _is_rotate_half_rope(apply_rope)
+        self.fast_rope = is_rotate_half_rope(apply_rope)
         self._storage: dict[str, torch.Tensor] = {}  # name -> buffer that keys/values/positions view
 
     def stage(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> None:
@@ -103,7 +102,7 @@ class LowRankKVLayer(DynamicLayer):
         cos, sin = self._cos_sin(k, pos)
         k = k.transpose(1, 2)
         if self.fast_rope:
-            return _rotate_half_rope(k, cos.unsqueeze(1), sin.unsqueeze(1))
+            return rotate_half_rope(k, cos.unsqueeze(1), sin.unsqueeze(1))
         # the model's own function rotates a query too: give it one kv head's worth, not all
         _, k = self.apply_rope(k[:, :1], k, cos, sin)
         return k
@@ -186,31 +185,6 @@ class LowRankKVLayer(DynamicLayer):
             self.positions = self.positions[indices, ...]
 
 
-def _rotate_half_rope(k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """k·cos + rotate_half(k)·sin (rotate_half(x) = [-x₂, x₁]) in three ops writing one contiguous
-    output, where transformers' form allocates a negation, a concatenation and two products."""
-    h = k.shape[-1] // 2
-    out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    torch.mul(k, cos, out=out)
-    out[..., :h].addcmul_(k[..., h:], sin[..., :h], value=-1)
-    out[..., h:].addcmul_(k[..., :h], sin[..., h:])
-    return out
-
-
-def _is_rotate_half_rope(apply) -> bool:
-    """Whether the model's apply_rotary_pos_emb is the usual rotate-half RoPE (then keys are rotated
-    by _rotate_half_rope; otherwise by the model's function). Decided by running both once on
-    random tensors, so a model with interleaved or partial rotary keeps its own."""
-    g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 5, 8, generator=g)
-    cos, sin = torch.randn(1, 5, 8, generator=g), torch.randn(1, 5, 8, generator=g)
-    try:
-        _, ref = apply(q, k, cos, sin)
-    except Exception:  # noqa: BLE001 - any failure means "not the usual form": use the model's own
-        return False
-    return torch.allclose(_rotate_half_rope(k, cos.unsqueeze(1), sin.unsqueeze(1)), ref, atol=1e-6)
-
-
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
     """The self-attention module of each decoder block (the child that owns k_proj and v_proj)."""
     out = []
@@ -221,32 +195,6 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
                              "with k_proj and v_proj; only separate k/v projections are supported")
         out.append(found[0])
     return out
-
-
-def _rope_functions(model: nn.Module, attn: nn.Module):
-    """The model's rotary embedding module and its module-level apply_rotary_pos_emb."""
-    base = model.get_decoder() if hasattr(model, "get_decoder") else model
-    rope = getattr(base, "rotary_emb", None)
-    apply = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
-    if rope is None or apply is None:
-        raise ValueError(f"LowRankKVCache: {type(attn).__name__} has no single rotary embedding "
-                         "(rotary_emb + apply_rotary_pos_emb); this attention is not supported")
-    if list(inspect.signature(_kernelized_original(apply)).parameters)[:4] != ["q", "k", "cos", "sin"]:
-        raise ValueError(f"LowRankKVCache: {type(attn).__module__}.apply_rotary_pos_emb has an "
-                         "unexpected signature; this attention is not supported")
-    return rope, apply
-
-
-def _kernelized_original(apply):
-    """The plain function behind a `kernels` hub wrapper. transformers >= 5.25 with the `kernels`
-    package decorates apply_rotary_pos_emb with `use_kernelized_func`, which replaces it by an
-    nn.Module whose forward(*args, **kwargs) calls the original (kept in forward's closure as
-    `func`) unless a hub kernel is active; the wrapper is still called as the model calls it."""
-    forward = getattr(type(apply), "forward", None) if isinstance(apply, nn.Module) else None
-    code = getattr(forward, "__code__", None)
-    if code is None or "func" not in code.co_freevars:
-        return apply
-    return forward.__closure__[code.co_freevars.index("func")].cell_contents
 
 
 def _check_attention(model: nn.Module, i: int, attn: nn.Module) -> None:
@@ -298,7 +246,7 @@ class LowRankKVCache(Cache):
         for i, attn in enumerate(attns):
             _check_attention(model, i, attn)
             if _lowrank_kv(i, attn):
-                rope, apply = _rope_functions(model, attn)
+                rope, apply = rope_functions(model, attn)
                 text = model.config.get_text_config(decoder=True)
                 head_dim = getattr(attn, "head_dim", None) or text.hidden_size // text.num_attention_heads
                 layers.append(LowRankKVLayer(attn, rope, apply, attn.k_proj.out_features // head_dim, head_dim,
