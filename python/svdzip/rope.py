@@ -4,6 +4,7 @@ rebuilt keys used only where a check shows it equals the model's own."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 
@@ -48,10 +49,12 @@ def rotate_half_rope(k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return out
 
 
+@functools.lru_cache(maxsize=32)
 def is_rotate_half_rope(apply) -> bool:
     """Whether the model's apply_rotary_pos_emb is the usual rotate-half RoPE (then keys are rotated
     by rotate_half_rope; otherwise by the model's function). Decided by running both once on
-    random tensors, so a model with interleaved or partial rotary keeps its own."""
+    random tensors, so a model with interleaved or partial rotary keeps its own. Remembered per
+    function: every layer and every cache of a model asks about the same one."""
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 5, 8, generator=g)
     cos, sin = torch.randn(1, 5, 8, generator=g), torch.randn(1, 5, 8, generator=g)
