@@ -12,10 +12,11 @@ def _cfg(**kw):
     return sz.SVDLLMConfig(ratio=0.4, sequential=True, **{"refine_epochs": 4, "refine_lr": 1e-4, **kw})
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_refinement_never_hurts_the_heldout_windows_and_helps_somewhere(arch):
+@pytest.mark.parametrize("arch,weighting", [("llama", "channel"), ("qwen2", "channel"), ("gemma3", "channel"),
+                                            ("llama", "none")])
+def test_refinement_never_hurts_the_heldout_windows_and_helps_somewhere(arch, weighting):
     model = tiny(arch)
-    rep = sz.compress(model, _cfg(), calib(16, 32), progress=False)
+    rep = sz.compress(model, _cfg(refine_weighting=weighting), calib(16, 32), progress=False)
     assert [r["block"] for r in rep.refinement] == [0, 1, 2]
     for r in rep.refinement:
         assert r["heldout_after"] <= r["heldout_before"]
@@ -57,7 +58,36 @@ def test_nan_during_refinement_names_the_block_and_keeps_the_unrefined_factors(m
     assert torch.isfinite(q.A).all() and torch.equal(q.A, q0.A) and torch.equal(q.B, q0.B)
 
 
+def test_the_weighting_reaches_the_training():
+    ids = calib(16, 32)
+    a, b = tiny("llama"), tiny("llama")
+    ra = sz.compress(a, _cfg(refine_weighting="channel"), ids, progress=False)
+    rb = sz.compress(b, _cfg(refine_weighting="none"), ids, progress=False)
+    assert [r["heldout_before"] for r in ra.refinement] != [r["heldout_before"] for r in rb.refinement]
+    q, p = a.model.layers[0].self_attn.q_proj, b.model.layers[0].self_attn.q_proj
+    assert not torch.equal(q.A, p.A)
+
+
+def test_channel_weights_equalise_the_channels_relative_error():
+    from svdzip.pipeline.refine import channel_weights
+
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([100.0, 1.0, 0.1, 0.0])  # one huge channel, one that is zero throughout
+    targets = [torch.randn(1, 8, 4, generator=g) * scale for _ in range(3)]
+    assert channel_weights(targets, [0, 1], "none", "cpu") is None
+    w = channel_weights(targets, [0, 1], "channel", "cpu")
+    assert torch.isfinite(w).all() and w.mean().item() == pytest.approx(1.0)
+    ms = torch.cat([t.reshape(-1, 4) for t in targets[:2]]).square().mean(0)
+    # the same relative error in each live channel weighs the same; the dead channel gets the top weight
+    assert torch.allclose(w[:3] * ms[:3], (w[:3] * ms[:3]).mean().expand(3), rtol=1e-5)
+    assert w[3] == w[:3].max() and w[0] < w[1] < w[2]
+    # only the windows given count: the third window (held out) does not move the weights
+    bumped = targets[:2] + [targets[2] * 1000]
+    assert torch.equal(channel_weights(bumped, [0, 1], "channel", "cpu"), w)
+
+
 @pytest.mark.parametrize("kw,msg", [
+    ({"refine_weighting": "rms"}, "refine_weighting"),
     ({"sequential": False}, "set sequential=True"),
     ({"refine_epochs": -1}, "non-negative integer"),
     ({"refine_lr": 0.0}, "refine_lr"),

@@ -67,6 +67,8 @@ def add_compress(sub) -> None:
                    help="block-wise refinement (needs --sequential): epochs of Adam on each block's "
                         "factors against the dense block's outputs (default 0 = off)")
     p.add_argument("--refine-lr", type=float, default=None, help="refinement learning rate (default 1e-4)")
+    p.add_argument("--refine-weighting", choices=["channel", "none"], default=None,
+                   help="refinement error: per-channel standardised (channel, default) or plain MSE (none)")
     p.add_argument("--alpha", type=float, help="asvd: exponent of the channel scaling")
     p.add_argument("--stat", choices=["mean", "max"], help="asvd: channel statistic")
     p.add_argument("--variant", choices=["I", "II"], help="nsvd/nid: Cholesky (I) or eigen (II) stage 1")
@@ -157,7 +159,7 @@ def make_config(args):
           "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
     for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
                  "gram_products", "objective", "loss_importance", "loss_windows", "loss_min_ratio", "compensation",
-                 "refine_epochs", "refine_lr"):
+                 "refine_epochs", "refine_lr", "refine_weighting"):
         if getattr(args, flag, None) is not None:
             kw[flag] = getattr(args, flag)
     for flag, field in METHOD_OPTIONS.items():

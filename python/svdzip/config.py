@@ -52,6 +52,7 @@ def _check_fraction(value: Any, what: str) -> None:
 ALLOCATIONS = ("uniform", "last_blocks", "sensitivity", "loss")
 LOSS_IMPORTANCES = ("block", "fisher", "relative")
 OBJECTIVES = ("plain", "compensated")
+REFINE_WEIGHTINGS = ("channel", "none")
 _WHITENED = ("whitened", "whitened_eigen")
 GRAM_PRODUCTS = ("fp64", "fp32")
 
@@ -95,6 +96,10 @@ class CompressConfig:
                 factors alone, matching the dense model's block outputs from the compressed
                 stream; the last `refine_holdout` share of the windows is held out, training stops
                 when it stops improving and the best factors are kept; 0 = off
+    refine_weighting
+                the refinement's error: "channel" (each hidden channel's squared error over its
+                mean square in the dense outputs) or "none" (plain MSE, dominated by a few huge
+                residual-stream channels)
     compensation
                 β in [0, 1] of the compensated objective: target outputs W·(X̃ + β·(X − X̃)),
                 β = 0 plain whitening on the compressed inputs, β = 1 the full correction
@@ -128,6 +133,7 @@ class CompressConfig:
     refine_lr: float = 1e-4
     refine_holdout: float = 0.125
     refine_seed: int = 0
+    refine_weighting: str = "channel"
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -155,6 +161,8 @@ class CompressConfig:
             raise ValueError(f"refine_lr = {self.refine_lr!r} must be in (0, 1)")
         if not isinstance(self.refine_holdout, (int, float)) or not 0 < self.refine_holdout < 1:
             raise ValueError(f"refine_holdout = {self.refine_holdout!r} must be in (0, 1)")
+        if self.refine_weighting not in REFINE_WEIGHTINGS:
+            raise ValueError(f"refine_weighting = {self.refine_weighting!r} must be one of {REFINE_WEIGHTINGS}")
         if self.refine_epochs and not self.sequential:
             raise ValueError("refine_epochs > 0 tunes each block on the compressed model's hidden states, "
                              "which only the sequential pipeline has: set sequential=True (--sequential)")
