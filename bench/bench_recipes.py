@@ -80,7 +80,8 @@ def _child(spec: dict) -> dict:
     return {**spec, "ppl": ppl, "seconds": seconds, "peak_anon_mb": peak.peak - start_mb,
             "ratio_targets": rep.ratio_targets, "ratio_model": rep.ratio_model,
             "allocation_seconds": alloc.get("seconds_total"), "sensitivity_cached": alloc.get("cached"),
-            "dense_modules": sum(1 for r in alloc.get("ratios", {}).values() if r >= 1)}
+            "dense_modules": sum(1 for r in alloc.get("ratios", {}).values() if r >= 1),
+            "module_ratios": alloc.get("ratios")}
 
 
 def _dense(datasets) -> dict:
