@@ -22,19 +22,25 @@ import time
 from _timing import machine, write_json
 
 # name -> config fields (sequential / objective / allocation / refine)
+_BLOCK = {"loss_importance": "block"}  # the loss allocation's default before "probe" existed
 RECIPES = {
     "oneshot": {},
     "seq": {"sequential": True},
     # β = 0.5 (the default before the table below moved it to 0.25) unless the name says otherwise
     "seq+comp": {"sequential": True, "objective": "compensated", "compensation": 0.5},
-    "loss": {"allocation": "loss"},
-    "loss+seq": {"allocation": "loss", "sequential": True},
-    "loss+seq+comp": {"allocation": "loss", "sequential": True, "objective": "compensated", "compensation": 0.5},
+    "loss": {"allocation": "loss", **_BLOCK},
+    "loss+seq": {"allocation": "loss", "sequential": True, **_BLOCK},
+    "loss+seq+comp": {"allocation": "loss", "sequential": True, "objective": "compensated", "compensation": 0.5,
+                      **_BLOCK},
     "loss+seq+comp(β=0.25)": {"allocation": "loss", "sequential": True, "objective": "compensated",
-                              "compensation": 0.25},
+                              "compensation": 0.25, **_BLOCK},
     # nsvd only: the best recipe with NSVD's stage 2 weighted by ASVD's channel scale (bench_nsvd_sweep)
     "loss+seq+comp(β=0.25)+s2=asvd": {"allocation": "loss", "sequential": True, "objective": "compensated",
-                                      "compensation": 0.25, "stage2": "asvd"},
+                                      "compensation": 0.25, "stage2": "asvd", **_BLOCK},
+    # the loss allocation priced by block-output probes (loss_importance="probe", the default now)
+    "probe": {"allocation": "loss", "loss_importance": "probe"},
+    "probe+seq+comp(β=0.25)+s2=asvd": {"allocation": "loss", "loss_importance": "probe", "sequential": True,
+                                       "objective": "compensated", "compensation": 0.25, "stage2": "asvd"},
     "loss(fisher)": {"allocation": "loss", "loss_importance": "fisher"},
     "loss(fisher,floor 0)": {"allocation": "loss", "loss_importance": "fisher", "loss_min_ratio": 0.0},
     "loss(rel)": {"allocation": "loss", "loss_importance": "relative"},
@@ -45,12 +51,14 @@ RECIPES = {
     "seq+comp+refine": {"sequential": True, "objective": "compensated", "compensation": 0.5, "refine_epochs": 3,
                         "refine_weighting": "none"},
     "loss+seq+comp+refine": {"allocation": "loss", "sequential": True, "objective": "compensated", "compensation": 0.5,
-                             "refine_epochs": 3, "refine_weighting": "none"},
+                             "refine_epochs": 3, "refine_weighting": "none", **_BLOCK},
     # refinement: "refine" rows before refine_weighting existed used plain MSE (now "none")
     "loss+seq+comp(β=0.25)+refine(mse)": {"allocation": "loss", "sequential": True, "objective": "compensated",
-                                          "compensation": 0.25, "refine_epochs": 3, "refine_weighting": "none"},
+                                          "compensation": 0.25, "refine_epochs": 3, "refine_weighting": "none",
+                                          **_BLOCK},
     "loss+seq+comp(β=0.25)+refine(channel)": {"allocation": "loss", "sequential": True, "objective": "compensated",
-                                             "compensation": 0.25, "refine_epochs": 3, "refine_weighting": "channel"},
+                                             "compensation": 0.25, "refine_epochs": 3, "refine_weighting": "channel",
+                                             **_BLOCK},
     "seq+comp(β=0.25)": {"sequential": True, "objective": "compensated", "compensation": 0.25},
     "sens": {"allocation": "sensitivity"},
     "sens+seq+comp": {"allocation": "sensitivity", "sequential": True, "objective": "compensated",

@@ -117,7 +117,7 @@ def test_spectra_give_each_module_its_whitened_truncation_loss():
         assert torch.isclose(torch.trace(D @ G @ D.T), spectra[t.name][5:].sum(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("importance", ["block", "fisher", "relative"])
+@pytest.mark.parametrize("importance", ["probe", "block", "fisher", "relative"])
 def test_loss_allocation_compresses_within_the_budget(importance):
     model, ids = tiny("qwen2"), calib(8, 32)
     rep = sz.compress(model, sz.NSVDConfig(ratio=0.6, allocation="loss", loss_importance=importance,
@@ -137,8 +137,73 @@ def test_loss_allocation_config_errors_and_offload_refusal(tmp_path):
         sz.SVDLLMConfig(allocation="loss", loss_importance="gradient")
     with pytest.raises(ValueError, match="loss_windows"):
         sz.SVDLLMConfig(allocation="loss", loss_windows=0)
+    with pytest.raises(ValueError, match="loss_probe_windows"):
+        sz.SVDLLMConfig(allocation="loss", loss_probe_windows=0)
+    with pytest.raises(ValueError, match="loss_probe_ratio"):
+        sz.SVDLLMConfig(allocation="loss", loss_probe_ratio=1.5)
     tiny("llama").save_pretrained(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="in-memory only"):
         compress_checkpoint(tmp_path / "ckpt", tmp_path / "out", sz.SVDLLMConfig(allocation="loss"), calib(),
                             progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_block_output_fisher_is_the_squared_loss_gradient_at_each_block_output():
+    from svdzip.calibration.fisher import block_output_fisher
+    from svdzip.pipeline.walk import decoder_layers
+
+    model, ids = tiny("llama"), calib(3, 16)
+    got = block_output_fisher(model, ids, progress=False)
+    layers = decoder_layers(model)
+    assert sorted(got) == list(range(len(layers)))
+    want = [torch.zeros_like(got[0]) for _ in layers]
+    outs = []
+    hooks = [l.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o)) for l in layers]
+    try:
+        for row in ids:
+            outs.clear()
+            x = row.unsqueeze(0)
+            loss = model(x, labels=x, use_cache=False).loss
+            grads = torch.autograd.grad(loss, outs)
+            for b, g in enumerate(grads):
+                want[b] += g.double().square().sum((0, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+    for b in range(len(layers)):
+        assert torch.allclose(got[b], want[b], rtol=1e-5, atol=1e-12), b
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # no weight gradients left
+
+
+def test_probe_scores_what_the_truncation_does_at_the_block_output():
+    from svdzip.calibration.fisher import block_output_fisher
+    from svdzip.pipeline.spectra import Probe
+
+    model, ids = tiny("llama"), calib(8, 32)
+    cfg = sz.SVDLLMConfig(ratio=0.5)
+    _, targets = find_targets(model, cfg)
+    # q_proj of block 0 made exactly rank 1: its probe truncation (rank > 1) changes nothing
+    q = targets[0].module.weight
+    with torch.no_grad():
+        q.copy_(torch.outer(q[:, 0], q[0]))
+    probe = Probe(block_output_fisher(model, ids[:4], progress=False), windows=2, ratio=0.5)
+    spectra = whitened_spectra(InMemory(model), targets, ids, cfg, progress=False, probe=probe)
+    assert set(probe.scores) == set(spectra) and probe.ranks[targets[0].name] > 1
+    assert probe.scores[targets[0].name] == pytest.approx(0.0, abs=1e-12)
+    assert all(v > 0 for n, v in probe.scores.items() if n != targets[0].name)
+    w = allocation.probe_weights(probe.scores, probe.ranks, spectra)
+    assert w[targets[0].name] == 0.0 and all(v > 0 for n, v in w.items() if n != targets[0].name)
+    # a second run gives the same scores, and the weights did not change
+    again = Probe(probe.fisher, windows=2, ratio=0.5)
+    whitened_spectra(InMemory(model), targets, ids, cfg, progress=False, probe=again)
+    assert again.scores == probe.scores
+    # a larger probe rank drops less: smaller scores for every module that had something to drop
+    finer = Probe(probe.fisher, windows=2, ratio=0.9)
+    whitened_spectra(InMemory(model), targets, ids, cfg, progress=False, probe=finer)
+    assert all(finer.scores[n] < probe.scores[n] for n in probe.scores if probe.scores[n] > 1e-9)
+
+
+def test_probe_weights_price_the_dropped_energy():
+    spectra = {"a": torch.tensor([4.0, 2.0, 1.0, 1.0]), "b": torch.tensor([3.0, 0.0, 0.0])}
+    w = allocation.probe_weights({"a": 6.0, "b": 0.0}, {"a": 2, "b": 1}, spectra)
+    assert w == {"a": 3.0, "b": 0.0}

@@ -161,21 +161,41 @@ def allocate(table: dict[str, dict[float, float]], shapes: dict[str, tuple[int, 
 
 # ---- allocation="loss": from the truncation losses, without trials -------------------------
 
-def loss_importance(model, targets, calibration: torch.Tensor, cfg, progress: bool = True, group=None) -> dict[str, float]:
+def loss_importance(model, targets, calibration: torch.Tensor, cfg, progress: bool = True, group=None) -> dict:
     """Per module, F̄ = the mean squared gradient of the LM loss w.r.t. its outputs (FWSVD's row
     Fisher sums over the first `loss_windows` calibration windows, one backward each): to second
     order ΔL ≈ ½·F̄·‖ΔY‖² for an error ΔY spread over the outputs. {} for "relative", which
-    needs no backward."""
+    needs no backward. For "probe": {block: Σ (∂L/∂z)² per channel of the block's output z}."""
     if cfg.loss_importance == "relative":
         return {}
-    from .calibration.fisher import row_fisher
-
     group = group or Single()
     windows = calibration[:cfg.loss_windows]
+    if cfg.loss_importance == "probe":
+        from .calibration.fisher import block_output_fisher
+
+        with group.agree("computing the loss allocation's block-output Fisher"):
+            acc = block_output_fisher(model, windows[group.share(windows.shape[0])], progress)
+        sums = {b: {"fisher": f, "tokens": 0} for b, f in sorted(acc.items())}
+        group.all_reduce_stats(sums)
+        return {b: v["fisher"] for b, v in sums.items()}
+    from .calibration.fisher import row_fisher
+
     with group.agree("computing the loss allocation's Fisher importances"):
         stats = row_fisher(model, targets, windows[group.share(windows.shape[0])], progress)
     group.all_reduce_stats(stats)
     return {n: float(st["fisher"].mean()) for n, st in stats.items()}
+
+
+def probe_weights(scores: dict[str, float], ranks: dict[str, int], spectra: dict[str, torch.Tensor]) -> dict[str, float]:
+    """"probe": w_m = the probe's loss estimate over the output error it measured, i.e. the loss
+    per unit of dropped σ² (pipeline/spectra.py Probe), so every rank of the module is priced by
+    what its truncation did at the block's output. A module whose probe dropped nothing (exactly
+    low rank) gets w = 0: its truncation there costs nothing."""
+    out = {}
+    for n, s2 in spectra.items():
+        dropped = float(s2[ranks[n]:].sum())
+        out[n] = scores[n] / dropped if dropped > 0 else 0.0
+    return out
 
 
 def module_weights(kind: str, fisher: dict[str, float], spectra: dict[str, torch.Tensor],
@@ -276,7 +296,7 @@ def allocate_by_loss(source, model, targets, config, calibration, batch_size: in
     keep their ratio and count against the budget."""
     import time
 
-    from .pipeline.spectra import whitened_spectra
+    from .pipeline.spectra import Probe, whitened_spectra
 
     if calibration is None:
         raise ValueError("allocation='loss' needs calibration token ids for the module spectra")
@@ -288,8 +308,13 @@ def allocate_by_loss(source, model, targets, config, calibration, batch_size: in
     budget -= sum(_params(shapes[t.name], t.ratio) for t in targets if t.name in user)
     importance = loss_importance(model, free, calibration, config, progress, group)
     t1 = time.perf_counter()
-    spectra = whitened_spectra(source, free, calibration, config, batch_size, progress, group)
-    weights = module_weights(config.loss_importance, importance, spectra, {t.name: t.block for t in free})
+    probe = Probe(importance, config.loss_probe_windows, config.loss_probe_ratio) \
+        if config.loss_importance == "probe" else None
+    spectra = whitened_spectra(source, free, calibration, config, batch_size, progress, group, probe)
+    if probe is not None:
+        weights = probe_weights(probe.scores, probe.ranks, spectra)
+    else:
+        weights = module_weights(config.loss_importance, importance, spectra, {t.name: t.block for t in free})
     ratios = allocate_loss(spectra, weights, {t.name: t.shape for t in free}, budget, config.loss_min_ratio)
     new = dataclasses.replace(config, overrides={**config.overrides, **ratios})
     info = {"kind": "loss", "importance": config.loss_importance, "min_ratio": config.loss_min_ratio, "ratios": ratios,

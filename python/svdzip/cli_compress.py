@@ -43,11 +43,16 @@ def add_compress(sub) -> None:
                    help="per-module ratios: uniform (default), last_blocks (with --last-blocks), or "
                         "sensitivity (ASVD trials; cached in $SVDZIP_CACHE/sensitivity), or loss "
                         "(no trials: whitened spectra x Fisher importance, budget solved exactly)")
-    p.add_argument("--loss-importance", choices=["block", "fisher", "relative"], default=None,
-                   help="--allocation loss: weight of each module's output error (default block: "
-                        "relative error x the block's Fisher importance)")
+    p.add_argument("--loss-importance", choices=["probe", "block", "fisher", "relative"], default=None,
+                   help="--allocation loss: weight of each module's output error (default probe: each "
+                        "module truncated alone, its block's output change scored with the Fisher there; "
+                        "block: relative error x the block's Fisher importance)")
     p.add_argument("--loss-windows", type=int, default=None,
                    help="--allocation loss: calibration windows of the Fisher backward (default 8)")
+    p.add_argument("--loss-probe-windows", type=int, default=None,
+                   help="--loss-importance probe: calibration windows each probe reruns its block on (default 2)")
+    p.add_argument("--loss-probe-ratio", type=float, default=None,
+                   help="--loss-importance probe: the ratio each module is truncated to in its probe (default 0.5)")
     p.add_argument("--loss-min-ratio", type=float, default=None,
                    help="--allocation loss: the lowest ratio any module gets (default 0.4; 0 = rank 1)")
     p.add_argument("--sensitivity-ratios", type=float, nargs="+", default=None,
@@ -158,7 +163,8 @@ def make_config(args):
     kw = {**base, "ratio": args.ratio, "sequential": args.sequential or base.get("sequential", False),
           "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
     for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
-                 "gram_products", "objective", "loss_importance", "loss_windows", "loss_min_ratio", "compensation",
+                 "gram_products", "objective", "loss_importance", "loss_windows", "loss_min_ratio",
+                 "loss_probe_windows", "loss_probe_ratio", "compensation",
                  "refine_epochs", "refine_lr", "refine_weighting"):
         if getattr(args, flag, None) is not None:
             kw[flag] = getattr(args, flag)

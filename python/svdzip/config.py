@@ -50,7 +50,7 @@ def _check_fraction(value: Any, what: str) -> None:
 
 
 ALLOCATIONS = ("uniform", "last_blocks", "sensitivity", "loss")
-LOSS_IMPORTANCES = ("block", "fisher", "relative")
+LOSS_IMPORTANCES = ("probe", "block", "fisher", "relative")
 OBJECTIVES = ("plain", "compensated")
 REFINE_WEIGHTINGS = ("channel", "none")
 _WHITENED = ("whitened", "whitened_eigen")
@@ -77,12 +77,16 @@ class CompressConfig:
                 allocation.allocate_loss)
     sensitivity_windows, sensitivity_seqlen
                 the calibration slice the sensitivity trials are scored on
-    loss_importance, loss_windows
+    loss_importance, loss_windows, loss_probe_windows, loss_probe_ratio
                 allocation="loss": how a module's output error counts (allocation.module_weights):
-                "block" (default: relative error × its block's Fisher-measured importance),
-                "fisher" (the mean squared loss gradient at the module's outputs; both take one
-                backward on each of the first `loss_windows` calibration windows) or
-                "relative" (every module's relative output error alike, no backward)
+                "probe" (default: each module truncated alone to `loss_probe_ratio`, its block
+                rerun on the first `loss_probe_windows` windows, the block-output change scored
+                with the diagonal Fisher there; that loss per unit of dropped σ² prices all its
+                ranks; pipeline/spectra.py), "block" (relative error × its block's
+                Fisher-measured importance), "fisher" (the mean squared loss gradient at the
+                module's outputs; these three take one backward on each of the first
+                `loss_windows` calibration windows) or "relative" (every module's relative
+                output error alike, no backward)
     loss_min_ratio
                 allocation="loss": no module is given less than this ratio (0 = rank 1);
                 like the sensitivity candidates' lowest, 0.4 by default
@@ -124,8 +128,10 @@ class CompressConfig:
     sensitivity_windows: int = 2
     sensitivity_seqlen: int = 256
     gram_products: str = "fp64"
-    loss_importance: str = "block"
+    loss_importance: str = "probe"
     loss_windows: int = 8
+    loss_probe_windows: int = 2
+    loss_probe_ratio: float = 0.5
     loss_min_ratio: float = 0.4
     objective: str = "plain"
     compensation: float = 0.25
@@ -201,7 +207,8 @@ class CompressConfig:
         m = self.loss_min_ratio
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
             raise ValueError(f"loss_min_ratio = {m!r} must be in [0, 1)")
-        for name in ("sensitivity_windows", "sensitivity_seqlen", "loss_windows"):
+        _check_ratio(self.loss_probe_ratio, "loss_probe_ratio")
+        for name in ("sensitivity_windows", "sensitivity_seqlen", "loss_windows", "loss_probe_windows"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name.endswith("windows") else 2):
                 raise ValueError(f"{name} = {v!r} must be a positive integer (seqlen >= 2)")
@@ -342,9 +349,10 @@ class ResSVDConfig(_TwoStageConfig):
 # still compresses it in about 5 minutes on 2 CPU cores.
 RECIPES: dict[str, dict[str, Any]] = {
     # measured best on SmolLM2 at 0.8 and 0.6 in and out of domain (README, "Quality beyond the
-    # papers"): nsvd (f = 0.95, stage 2 under ASVD's channel scale) beat svd_llm on wiki, ptb, code, bg
+    # papers"): nsvd (f = 0.95, stage 2 under ASVD's channel scale) beat svd_llm on wiki, ptb, code, bg;
+    # the loss allocation priced by block-output probes beat the block importance and sensitivity trials
     "best": {"method": "nsvd", "first_fraction": 0.95, "stage2": "asvd", "sequential": True,
-             "objective": "compensated", "compensation": 0.25, "allocation": "loss"},
+             "objective": "compensated", "compensation": 0.25, "allocation": "loss", "loss_importance": "probe"},
 }
 
 

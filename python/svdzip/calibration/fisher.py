@@ -158,3 +158,44 @@ def row_fisher_blockwise(source, targets, hidden: list[torch.Tensor], block_args
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     return _result(acc, tokens.numel())
+
+
+def block_output_fisher(model, batches: torch.Tensor, progress: bool = True) -> dict[int, torch.Tensor]:
+    """{block index: Σ over tokens of (∂L/∂z)² per hidden channel} with z each decoder block's
+    output, one backward of the LM loss per window (no weight gradient is formed: the graph
+    starts at the embeddings' output). The diagonal Fisher at a block's output turns an error
+    ΔZ there into a loss increase, to second order ΔL ≈ ½·Σ F·ΔZ² (allocation "probe")."""
+    device = next(model.parameters()).device
+    layers = decoder_layers(model)
+    acc: dict[int, torch.Tensor] = {}
+
+    def on_output(b):
+        def hook(mod, args, out):
+            z = out[0] if isinstance(out, tuple) else out
+
+            def fold(g):
+                s = g.float().square().sum(tuple(range(g.dim() - 1)), dtype=torch.float64)
+                acc[b] = s if b not in acc else acc[b] + s
+            z.register_hook(fold)
+        return hook
+
+    params = list(model.parameters())
+    before = [p.requires_grad for p in params]
+    handles = [layer.register_forward_hook(on_output(b)) for b, layer in enumerate(layers)]
+    handles.append(model.get_input_embeddings().register_forward_hook(lambda m, a, out: out.requires_grad_(True)))
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with _recompute_in_backward(layers):
+            for row in tqdm(batches, desc="fisher (block outputs)", disable=not progress, leave=False):
+                x = row.unsqueeze(0).to(device)
+                model(x, labels=x, use_cache=False).loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)
+    for b, a in acc.items():
+        if not torch.isfinite(a).all():
+            raise FloatingPointError(f"block {b}: the loss gradient at its output is not finite (NaN/Inf)")
+    return acc
