@@ -97,6 +97,12 @@ def test_sensitivity_key_changes_with_calibration(tmp_path):
     k3 = allocation.cache_key(sz.SVDConfig(allocation="sensitivity", ratio=0.5), calib(2, 16), weights)
     k4 = allocation.cache_key(cfg, calib(2, 16), weights[:1] + [(weights[1][0], weights[1][1] * 2)] + weights[2:])
     assert k1 != k2 and k1 == k3 and k1 != k4  # the ratio does not change the trials; weights do
+    # nor do the options the trials never read (a new loss_* option once made every table miss)
+    other = sz.SVDConfig(allocation="sensitivity", loss_probe_ratio=0.7, loss_importance="block", refine_epochs=2,
+                         sequential=True, compensation=0.5)
+    assert allocation.cache_key(other, calib(2, 16), weights) == k1
+    assert allocation.cache_key(sz.SVDConfig(allocation="sensitivity", sensitivity_windows=3), calib(2, 16),
+                                weights) != k1
 
 
 @pytest.mark.parametrize("kwargs,msg", [

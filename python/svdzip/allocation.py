@@ -43,9 +43,11 @@ def cache_key(cfg, tokens: torch.Tensor, weights) -> str:
     """Hash of what the table depends on: method options, tokens, and the targets' weights
     (`weights`: (module name, weight) pairs, as held in memory or read from a checkpoint)."""
     h = hashlib.sha256()
+    # options the trials never read (the run's pipeline, the loss allocation's, the refinement's)
+    # stay out of the key, so a table survives a change of them and a new such option
     opts = {k: v for k, v in cfg.to_dict().items()
             if k not in ("ratio", "overrides", "sequential", "last_blocks", "last_fraction", "allocation",
-                         "objective")}
+                         "objective", "compensation") and not k.startswith(("loss_", "refine_"))}
     h.update(json.dumps(opts, sort_keys=True).encode())
     h.update(tokens.cpu().numpy().tobytes())
     for name, w in weights:
