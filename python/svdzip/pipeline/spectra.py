@@ -16,6 +16,7 @@ block, not the rest of the model, and once per module, not per candidate ratio.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,8 +42,6 @@ class Probe:
 @torch.no_grad()
 def _probe_block(layer, targets, left: dict[str, torch.Tensor], inputs, outputs, args, fisher: torch.Tensor,
                  probe: Probe) -> None:
-    from .replay import run_block
-
     f = fisher.to(outputs[0].device, torch.float64)
     for t in targets:
         w = t.module.weight
@@ -52,12 +51,12 @@ def _probe_block(layer, targets, left: dict[str, torch.Tensor], inputs, outputs,
         original = w.detach().clone()
         try:
             w.copy_((U @ (U.T @ original.double())).to(w.dtype))
-            out = run_block(layer, inputs, args)
+            out = replay.run_block(layer, inputs, args)
         finally:
             w.copy_(original)
         score = sum(float(((o.double() - z.double()).square().sum(tuple(range(o.dim() - 1))) * f).sum())
                     for o, z in zip(out, outputs))
-        if score != score or score in (float("inf"), float("-inf")):
+        if not math.isfinite(score):
             raise FloatingPointError(f"{t.name}: the probe's loss estimate is {score} (non-finite block output)")
         probe.scores[t.name] = 0.5 * score
         probe.ranks[t.name] = k
