@@ -31,7 +31,10 @@ def test_round_trip_gives_identical_logits(tmp_path, arch):
     out = sz.save_compressed(model, tmp_path / "m", report=rep)
     meta = json.loads((out / "svdzip_config.json").read_text())
     assert meta["format_version"] == 1 and meta["method_config"]["method"] == "svd_llm"
-    assert len(meta["modules"]) == len(rep.modules)
+    assert "modules" not in meta  # one rank map: config.json's quantization_config
+    ranks = json.loads((out / "config.json").read_text())["quantization_config"]["modules"]
+    assert len(ranks) == len(rep.modules)
+    assert set(meta["checksums"]) == {"model.safetensors"}
     loaded = sz.load_compressed(out)
     assert torch.equal(_logits(model), _logits(loaded))
 
@@ -46,7 +49,7 @@ def test_save_replaces_atomically_and_keeps_old_on_failure(tmp_path, compressed,
 
     monkeypatch.setattr(io, "write_meta", boom)  # fails after the weights are written
     with pytest.raises(OSError, match="disk full"):
-        sz.save_compressed(model, out, report=rep)
+        sz.save_compressed(model, out, report=rep, overwrite=True)
     assert (out / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary left behind
 
@@ -62,29 +65,43 @@ def test_refuses_to_save_uncompressed_or_nan(tmp_path, compressed):
     assert not (tmp_path / "x").exists()
 
 
-def test_truncated_weights_are_named(tmp_path, compressed):
+def test_truncated_weights_are_named(tmp_path, compressed, monkeypatch):
     model, rep = compressed
     out = sz.save_compressed(model, tmp_path / "m", report=rep)
     w = out / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"model.safetensors: checksum mismatch"):
+        sz.load_compressed(out)
+    monkeypatch.setenv("SVDZIP_NO_VERIFY", "1")  # unchecked, the reader still names the file
     with pytest.raises(ValueError, match=r"model.safetensors could not be read \(corrupt or truncated\?\)"):
         sz.load_compressed(out)
 
 
-@pytest.mark.parametrize("damage,msg", [
-    (lambda m: "{not json", "svdzip_config.json is corrupt"),
-    (lambda m: json.dumps({**m, "format_version": 7}), "format_version 7 is not supported"),
-    (lambda m: json.dumps({**m, "modules": {}}), "'modules' \\(the rank map\\) is missing"),
-    (lambda m: json.dumps({**m, "modules": {**m["modules"], "model.layers.0.self_attn.q_proj": {"rank": 0}}}),
+def _with_modules(cfg: dict, modules) -> str:
+    return json.dumps({**cfg, "quantization_config": {**cfg["quantization_config"], "modules": modules}})
+
+
+Q = "model.layers.0.self_attn.q_proj"
+
+
+@pytest.mark.parametrize("file,damage,msg", [
+    ("svdzip_config.json", lambda m: "{not json", "svdzip_config.json is corrupt"),
+    ("svdzip_config.json", lambda m: json.dumps({**m, "format_version": 7}), "format_version 7 is not supported"),
+    ("config.json", lambda c: _with_modules(c, {}), "'modules' \\(the rank map\\) is missing"),
+    ("config.json", lambda c: _with_modules(c, {**c["quantization_config"]["modules"], Q: {"rank": 0}}),
      "model.layers.0.self_attn.q_proj has an invalid spec"),
-    (lambda m: json.dumps({**m, "modules": {**m["modules"], "model.layers.0.self_attn.q_proj":
-                                            {**m["modules"]["model.layers.0.self_attn.q_proj"], "rank": 3}}}),
+    ("config.json", lambda c: _with_modules(c, {**c["quantization_config"]["modules"],
+                                                Q: {**c["quantization_config"]["modules"][Q], "rank": 3}}),
      "do not match the rank map|has shape|could not be read"),
+    # an older output's second rank map (svdzip_config.json) that disagrees is refused, not chosen from
+    ("svdzip_config.json", lambda m: json.dumps({**m, "modules": {Q: {"rank": 1, "in_features": 64,
+                                                                      "out_features": 64, "bias": True}}}),
+     "disagree on the rank map"),
 ])
-def test_damaged_config_is_named(tmp_path, compressed, damage, msg):
+def test_damaged_config_is_named(tmp_path, compressed, file, damage, msg):
     model, rep = compressed
     out = sz.save_compressed(model, tmp_path / "m", report=rep)
-    cfg = out / "svdzip_config.json"
+    cfg = out / file
     cfg.write_text(damage(json.loads(cfg.read_text())))
     with pytest.raises(ValueError, match=msg):
         sz.load_compressed(out)

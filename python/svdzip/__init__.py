@@ -13,8 +13,7 @@ from .config import (ASVDConfig, CompressConfig, FWSVDConfig, NIDConfig, NSVDCon
 from .data import calibration_batches
 from .nn import LowRankLinear
 from . import hf  # noqa: E402,F401 - registers quant_method / model_type "svdzip" with transformers
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def native_available() -> bool:

@@ -7,6 +7,7 @@ import platform
 import torch
 
 from . import _native, _reference, ops
+from .version import __version__
 
 OPS = ("gram_accumulate_", "abs_mean_accumulate_", "abs_max_accumulate_", "batched_svd",
        "whitening_factor", "lowrank_linear")
@@ -45,7 +46,7 @@ def report() -> dict:
     mod = _native.native()
     info = dict(mod.build_info()) if mod is not None else None
     return {
-        "svdzip": __import__("svdzip").__version__,
+        "svdzip": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,

@@ -13,12 +13,15 @@ code is copied or wrapped), and the quantizer below puts LowRankLinear where the
 from __future__ import annotations
 
 import json
+import shutil
+import types
 from pathlib import Path
 
 from torch import nn
 
-MODEL_TYPE = "svdzip"
-FORMAT_VERSION = 1
+from .dtypes import model_dtype
+from .meta import FORMAT_VERSION, MODEL_TYPE, check_rank_map, verify_dir, write_meta
+from .pipeline.outdir import check_output, replace_dir, staging_dir
 
 
 def _rank_map(model: nn.Module) -> dict[str, dict]:
@@ -27,14 +30,6 @@ def _rank_map(model: nn.Module) -> dict[str, dict]:
     return {name: {"rank": m.rank, "in_features": m.in_features, "out_features": m.out_features,
                    "bias": m.bias is not None}
             for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
-
-
-def check_rank_map(modules, where) -> None:
-    if not isinstance(modules, dict) or not modules:
-        raise ValueError(f"{where}: 'modules' (the rank map) is missing or empty")
-    for name, spec in modules.items():
-        if not all(isinstance(spec.get(k), int) and spec[k] > 0 for k in ("rank", "in_features", "out_features")):
-            raise ValueError(f"{where}: module {name} has an invalid spec {spec}")
 
 
 def swap_in_lowrank(model: nn.Module, modules: dict, where, dtype=None) -> None:
@@ -106,6 +101,35 @@ def mark_compressed(model: nn.Module) -> None:
     config = _writes_svdzip(model.config)
     config.quantization_config = SvdzipQuantizationConfig(modules=modules,
                                                           base_model_type=type(config).base_model_type)
+    guard_save_pretrained(model)
+
+
+def input_dirs(model: nn.Module) -> list[str]:
+    """The directory the model was read from, if any: an output must never go into or over it."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return [name] if name and Path(name).is_dir() else []
+
+
+def _save_pretrained(model, save_directory, *args, overwrite: bool = False, **kwargs):
+    """transformers' save_pretrained under svdzip's output rules (pipeline/outdir.py): never
+    into or over the model's own directory, an existing non-empty directory only with
+    overwrite=True, built beside it and renamed into place, svdzip_config.json (with the
+    tensor files' checksums) written last."""
+    out = check_output(save_directory, input_dirs(model), overwrite, flag="overwrite=True")
+    tmp = staging_dir(out)
+    try:
+        type(model).save_pretrained(model, tmp, *args, **kwargs)
+        write_meta(tmp, type(model).__name__, model_dtype(model))
+        replace_dir(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def guard_save_pretrained(model: nn.Module) -> None:
+    """model.save_pretrained(dir, overwrite=False, ...) follows svdzip's output rules."""
+    if "save_pretrained" not in model.__dict__:
+        model.save_pretrained = types.MethodType(_save_pretrained, model)
 
 
 _WRITING: dict[type, type] = {}
@@ -174,12 +198,14 @@ def _register() -> None:
             swap_in_lowrank(model, self.quantization_config.modules, "quantization_config")
             if checkpoint_files:
                 where = Path(checkpoint_files[0]).parent
+                verify_dir(where)  # before a byte of a tensor is read
                 check_checkpoint(model, Checkpoint(where), where, getattr(model, "all_tied_weights_keys", {}))
             return model
 
         def _process_model_after_weight_loading(self, model, **kwargs):
             check_loaded(model, getattr(model.config, "_name_or_path", "") or type(model).__name__)
             _writes_svdzip(model.config)
+            guard_save_pretrained(model)
             return model
 
         def is_serializable(self, safe_serialization=None):

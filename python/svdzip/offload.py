@@ -27,6 +27,7 @@ from .pipeline import budget, loop, replay
 from .pipeline.group import from_environment
 from .pipeline.layout import planned_block, planned_rank_map, resident_tensors
 from .pipeline.memory import large_buffers_mmapped
+from .pipeline.outdir import check_output
 from .pipeline.shards import DEFAULT_SHARD_SIZE, Plan, group_entries
 from .pipeline.sink import ShardSink
 from .pipeline.source import Offloaded
@@ -75,7 +76,8 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
                         device="cpu", dtype: torch.dtype | None = None, batch_size: int = 1,
                         shard_size: int = DEFAULT_SHARD_SIZE, max_memory: int | None = None,
                         tokenizer=None, progress: bool = True, calibration_info: dict | None = None,
-                        trial_memory: int = DEFAULT_TRIAL_MEMORY, process_group=None) -> Report:
+                        trial_memory: int = DEFAULT_TRIAL_MEMORY, process_group=None,
+                        overwrite: bool = False) -> Report:
     """Compress the checkpoint directory `path` into `out` one block at a time (see module doc).
     An interrupted run leaves `out`.partial/; the same call resumes it (refusing, with the
     reason, if the checkpoint, config, calibration or options differ). FWSVD's Fisher sums come
@@ -83,12 +85,14 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     stay under `trial_memory` bytes (pipeline/trials.py). Under torch.distributed every rank
     reads the blocks from the checkpoint and runs its share of the windows; rank 0 writes the
     output; every rank keeps its share's hidden states in `out`.partial/ for a resume (with
-    the same number of ranks)."""
+    the same number of ranks). An existing non-empty `out` is refused unless overwrite=True
+    (it is replaced only when the new output is complete), and so is `out` in or over `path`."""
     if not isinstance(config, CompressConfig):
         raise TypeError(f"config must be a CompressConfig (e.g. svdzip.NSVDConfig), got {type(config).__name__}")
     if config.allocation == "loss":
         raise ValueError("allocation='loss' is in-memory only for now (its Fisher importances need the "
                          "whole model's backward); compress in memory or use allocation='sensitivity'")
+    check_output(out, [path], overwrite, flag="overwrite=True")
     t_start = time.perf_counter()
     method, kinds = methods.get(config.method), methods.required_stats(config)
     large_buffers_mmapped()
@@ -111,7 +115,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
                           f"--batch-size, or allow more memory)")
     options = {"dtype": dtype_name(source.dtype), "batch_size": batch_size, "device": source.device.type,
                "shard_size": shard_size, **({"ranks": group.world} if group.distributed else {})}
-    sink = ShardSink(out, _fingerprint(source, config, calibration, options), group)
+    sink = ShardSink(out, _fingerprint(source, config, calibration, options), group, overwrite)
     t0 = time.perf_counter()
     stats = _fisher_pass(sink, source, targets, share, batch_size, progress, group) if "fisher" in kinds else None
     allocated = None
@@ -151,13 +155,12 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
 
     def extras(directory: Path) -> None:
         from .hf import write_hf_config
-        from .io import write_meta
+        from .meta import write_meta
 
         write_hf_config(source.model.config, directory, rank_map)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
-        write_meta(directory, type(source.model).__name__, rank_map,
-                   dtype_name(source.dtype), report)
+        write_meta(directory, type(source.model).__name__, dtype_name(source.dtype), report)
 
     report.distributed = group.summary()
     sink.finish(extras)

@@ -75,9 +75,9 @@ def plot_quality(paths, out, dataset: str = "wiki") -> Path:
 
 
 def _meta(out_dir) -> dict:
-    from .io import _read_meta
+    from .meta import read_meta
 
-    return _read_meta(Path(out_dir))
+    return read_meta(Path(out_dir))
 
 
 def plot_module_errors(out_dir, out) -> Path:

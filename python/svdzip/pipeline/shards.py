@@ -12,10 +12,10 @@ and the index is Hugging Face's `model.safetensors.index.json`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,29 +103,51 @@ class ShardWriter:
                 fh.write(header)
                 fh.truncate(len(header) + sum(e.nbytes for e in entries))  # sparse until written
 
-    def write(self, group: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Write group `group`: exactly its planned tensors, shapes and dtypes, then fsync."""
+    def write(self, group: int, tensors: dict[str, torch.Tensor]) -> str:
+        """Write group `group`: exactly its planned tensors, shapes and dtypes, then fsync.
+        Returns the digest of the bytes written (integrity.bytes_digest, in plan order)."""
         planned = {e.name: e for e in self.plan.groups[group]}
         if set(tensors) != set(planned):
             extra, missing = sorted(set(tensors) - set(planned)), sorted(set(planned) - set(tensors))
             raise ValueError(f"output group {group} does not match the plan: unexpected {extra[:4]}, "
                              f"missing {missing[:4]}")
         fds: dict[Path, int] = {}
+        digest = hashlib.sha256()
         try:
-            for name, t in tensors.items():
-                e = planned[name]
+            for e in self.plan.groups[group]:
+                t = tensors[e.name]
                 if tuple(t.shape) != e.shape or t.dtype != e.dtype:
-                    raise ValueError(f"{name}: {tuple(t.shape)} {t.dtype} does not match the planned "
+                    raise ValueError(f"{e.name}: {tuple(t.shape)} {t.dtype} does not match the planned "
                                      f"{e.shape} {e.dtype} (did a rank change?)")
-                file, offset, _ = self.where[name]
+                file, offset, _ = self.where[e.name]
                 if file not in fds:
                     fds[file] = os.open(file, os.O_WRONLY)
-                _pwrite_all(fds[file], t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy(), offset)
+                data = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+                digest.update(memoryview(data))
+                _pwrite_all(fds[file], data, offset)
             for fd in fds.values():
                 os.fsync(fd)  # on disk before the resume state says this group is done
         finally:
             for fd in fds.values():
                 os.close(fd)
+        return f"sha256:{digest.hexdigest()}"
+
+    def digest(self, group: int) -> str:
+        """The digest of group `group`'s bytes as they are on disk now (what write returned
+        when they were written, unless something damaged them)."""
+        digest = hashlib.sha256()
+        for e in self.plan.groups[group]:
+            file, offset, _ = self.where[e.name]
+            with file.open("rb") as fh:
+                fh.seek(offset)
+                left = e.nbytes
+                while left:
+                    chunk = fh.read(min(left, 1 << 24))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    left -= len(chunk)
+        return f"sha256:{digest.hexdigest()}"
 
     def write_index(self) -> None:
         """model.safetensors.index.json when there are several shards (HF's layout)."""
@@ -146,14 +168,3 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
 
 def group_entries(tensors: dict[str, torch.Tensor]) -> list[Entry]:
     return [Entry(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
-
-
-def replace_dir(new: Path, dest: Path) -> None:
-    """Swap directory `new` into `dest`; an existing dest is kept until the new one is in place."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        dest.rename(old)
-    new.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 
 from ..report import ModuleReport
+from . import integrity
 from .group import Single
-from .shards import Entry, Plan, ShardWriter, replace_dir
+from .outdir import OutputRefused, replace_dir
+from .shards import Entry, Plan, ShardWriter
 
 STATE = ".resume"
 PROGRESS = "progress.json"
@@ -55,14 +57,15 @@ class ShardSink:
     before its first block (Fisher sums, a sensitivity allocation: `remembered`) is kept in
     `.resume/prepass/` and survives an interruption too."""
 
-    def __init__(self, out, fingerprint: dict, group=None) -> None:
-        self.out = Path(out)
+    def __init__(self, out, fingerprint: dict, group=None, overwrite: bool = False) -> None:
+        self.out, self.overwrite = Path(out), overwrite
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.state = self.partial / STATE
         self.prepass_dir = self.state / PREPASS
         self.fingerprint = fingerprint
         self.group = group or Single()
         self.start, self.modules, self._hidden_file = 0, [], None
+        self.digests: dict[str, str] = {}  # output group -> digest of its bytes (rank 0)
         with self.group.agree(f"opening {self.partial}"):
             if self.group.rank == 0:
                 self._open_state()
@@ -73,12 +76,16 @@ class ShardSink:
         self.state.mkdir(parents=True, exist_ok=True)
 
     def _open_state(self) -> None:
+        if self.partial.exists() and not self.state.is_dir() and any(self.partial.iterdir()):
+            raise OutputRefused(f"{self.partial} exists and is not an interrupted svdzip run (no {STATE}/); "
+                                f"move it away: svdzip keeps its resume state under that name")
         progress = self._read_progress()
         if progress is not None:
             self._check_same_run(progress["fingerprint"])
             self.start = int(progress["next_block"])
             self.modules = [ModuleReport(**{**m, "shape": tuple(m["shape"])}) for m in progress["modules"]]
             self._hidden_file = progress["hidden"]
+            self.digests = progress.get("digests", {})
         elif self.partial.exists():
             self._keep_only_prepass()  # no block finished: only a matching prepass is worth keeping
         self.prepass_dir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +93,22 @@ class ShardSink:
 
     def open(self, plan: Plan) -> None:
         self.plan = plan
-        if self.group.rank == 0:
-            self.writer = ShardWriter(self.partial, plan, resume=self.start > 0)
+        with self.group.agree(f"checking the finished blocks in {self.partial}"):
+            if self.group.rank == 0:
+                self.writer = ShardWriter(self.partial, plan, resume=self.start > 0)
+                self._check_finished()
+
+    def _check_finished(self) -> None:
+        """A resumed run trusts the blocks already written only if their bytes are the ones
+        written (the digests in the progress file); SVDZIP_NO_VERIFY=1 skips the reading."""
+        if self.start == 0 or integrity.skipped(None):
+            return
+        for g, want in sorted(self.digests.items(), key=lambda kv: int(kv[0])):
+            if self.writer.digest(int(g)) != want:
+                what = "the embeddings / norm / head" if g == "0" else f"block {int(g) - 1}"
+                raise integrity.ChecksumMismatch(
+                    f"{self.partial}: checksum mismatch in {what} written by the interrupted run; its "
+                    f"files are damaged: delete {self.partial} to start over")
 
     def _keep_only_prepass(self) -> None:
         mark = self.prepass_dir / "fingerprint.json"
@@ -111,6 +132,11 @@ class ShardSink:
         if self.group.rank == 0 and meta.is_file():
             from safetensors.torch import load_file
 
+            mark = self.prepass_dir / f"{name}.digest.json"
+            if data.is_file() and mark.is_file() and not integrity.skipped(None) and \
+                    json.loads(mark.read_text()).get("data") != integrity.file_digest(data):
+                raise integrity.ChecksumMismatch(f"{data}: checksum mismatch in the {name} result kept by the "
+                                                 f"interrupted run; delete {self.partial} to start over")
             kept = json.loads(meta.read_text()), (load_file(str(data)) if data.is_file() else None)
         kept = self.group.broadcast_object(kept)
         if kept is not None:
@@ -125,6 +151,7 @@ class ShardSink:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
             _fsync(tmp)
             tmp.replace(data)
+            _write_json(self.prepass_dir / f"{name}.digest.json", {"data": integrity.file_digest(data)})
         _write_json(meta, obj)  # written last: it marks the result complete
         return obj, tensors
 
@@ -154,7 +181,18 @@ class ShardSink:
 
         f = self.state / self._rank_file(self._hidden_file)
         with safe_open(str(f), framework="pt", device="cpu") as fh:
-            return [fh.get_tensor(str(j)) for j in range(len(fh.keys()))]
+            hidden = [fh.get_tensor(str(j)) for j in range(len(fh.keys()))]
+        self._check_hidden(f, hidden)
+        return hidden
+
+    def _check_hidden(self, f: Path, hidden: list[torch.Tensor]) -> None:
+        mark = f.with_name(f.name[:-len(".safetensors")] + ".digest.json")
+        if integrity.skipped(None) or not mark.is_file():
+            return
+        got = integrity.bytes_digest(memoryview(h.contiguous().reshape(-1).view(torch.uint8).numpy()) for h in hidden)
+        if json.loads(mark.read_text()).get("data") != got:
+            raise integrity.ChecksumMismatch(f"{f}: checksum mismatch in the hidden states saved by the "
+                                             f"interrupted run; delete {self.partial} to start over")
 
     def _rank_file(self, name: str) -> str:
         """hidden-00003.safetensors, or hidden-00003.rank1.safetensors for rank 1 of a group."""
@@ -162,7 +200,7 @@ class ShardSink:
 
     def write_resident(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.start == 0 and self.group.rank == 0:
-            self.writer.write(0, tensors)
+            self.digests["0"] = self.writer.write(0, tensors)
 
     def write(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor], modules,
               resume_point: bool = True) -> None:
@@ -173,17 +211,19 @@ class ShardSink:
         name = f"hidden-{i + 1:05d}"
         with self.group.agree(f"writing block {i}"):
             if self.group.rank == 0:
-                self.writer.write(i + 1, tensors)
+                self.digests[str(i + 1)] = self.writer.write(i + 1, tensors)
             if resume_point and hidden:
                 stem = self._rank_file(f"{name}.safetensors")[:-len(".safetensors")]
                 entries = [Entry(str(j), h.dtype, tuple(h.shape)) for j, h in enumerate(hidden)]
-                ShardWriter(self.state, Plan([entries], shard_size=1 << 62, stem=stem)).write(
+                digest = ShardWriter(self.state, Plan([entries], shard_size=1 << 62, stem=stem)).write(
                     0, {str(j): h for j, h in enumerate(hidden)})
+                _write_json(self.state / f"{stem}.digest.json", {"data": digest})
         if not resume_point:
             return
         current = f"{name}.safetensors" if hidden else None
         if self.group.rank == 0:
             progress = {"fingerprint": self.fingerprint, "next_block": i + 1, "hidden": current,
+                        "digests": self.digests,
                         "modules": [dataclasses.asdict(m) for m in modules]}
             _write_json(self.state / PROGRESS, progress)
         # every rank passed the agreement above, so rank 0's progress names block i or i + 1:
@@ -193,6 +233,7 @@ class ShardSink:
         for old in self.state.glob(self._rank_file("hidden-*.safetensors")):
             if old.name not in keep:
                 old.unlink()
+                old.with_name(old.name[:-len(".safetensors")] + ".digest.json").unlink(missing_ok=True)
 
     def finish(self, write_extras) -> Path:
         """Index, then `write_extras(dir)` (config, tokenizer, svdzip_config.json), then the
@@ -203,5 +244,5 @@ class ShardSink:
                 self.writer.write_index()
                 write_extras(self.partial)
                 shutil.rmtree(self.state)
-                replace_dir(self.partial, self.out)
+                replace_dir(self.partial, self.out, self.overwrite)
         return self.out
