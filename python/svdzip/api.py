@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from tqdm.auto import tqdm
 
 from . import allocation, methods
+from .calibration.adequacy import thin_calibration
 from .calibration.collector import StatsCollector
 from .calibration.fisher import row_fisher
 from .config import CompressConfig
@@ -52,10 +54,25 @@ def _collect(model, targets, batches, kinds, progress, gram_products) -> dict:
         return col.finalize()
 
 
-def _check_calibration(config, calibration) -> None:
+def _check_calibration(config, calibration, model=None) -> None:
     if calibration is None or calibration.dim() != 2 or calibration.shape[0] == 0:
         raise ValueError(f"{config.method} needs calibration token ids of shape (N, seqlen), "
                          f"got {None if calibration is None else tuple(calibration.shape)}")
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and calibration.shape[1] > limit:
+        raise ValueError(f"calibration windows of {calibration.shape[1]} tokens exceed the model's "
+                         f"{limit} positions (max_position_embeddings)")
+
+
+def calibration_warnings(calibration, targets, kinds) -> list[str]:
+    """Warned (and kept for the report) before the first forward: a calibration set too small
+    for the layers' input widths (calibration/adequacy.py)."""
+    if "gram" not in kinds or calibration is None:
+        return []
+    note = thin_calibration(calibration.shape[0], calibration.shape[1], {t.name: t.shape[1] for t in targets})
+    if note:
+        warnings.warn(note, stacklevel=3)
+    return [note] if note else []
 
 
 def collect_statistics(model, config: CompressConfig, calibration: torch.Tensor,
@@ -103,11 +120,12 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
                          "collects its share)")
     share = slice(None)
     if kinds and stats is None:
-        _check_calibration(config, calibration)
+        _check_calibration(config, calibration, model)
         share = group.share(calibration.shape[0])  # fails before any work if too few windows
     left_dense: list = []
     layers, targets = find_targets(model, config, left_dense)
     _check_weights(targets)
+    notes = calibration_warnings(calibration if stats is None else None, targets, kinds)
     allocated, alloc_stats_s = None, 0.0
     if config.allocation == "sensitivity":
         t0 = time.perf_counter()
@@ -132,7 +150,7 @@ def compress(model, config: CompressConfig, calibration: torch.Tensor | None = N
     report = Report(config.method, config.to_dict(), model_params_before=_count(model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
                     allocation=allocated, seconds_stats=alloc_stats_s,
-                    dtype=model_dtype(model),
+                    dtype=model_dtype(model), warnings=notes,
                     calibration=_calibration_record(calibration, calibration_info))
     blocks = by_block(targets)
     was_training = model.training

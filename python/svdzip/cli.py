@@ -1,9 +1,13 @@
-"""svdzip command line: compress, eval, plot, bench, env, demo."""
+"""svdzip command line: compress, eval, verify, lm-eval, plot, bench, env, models, demo.
+
+A user error (a bad flag, path or file) is one line naming it and exits 1; Ctrl-C says what
+was interrupted and what was kept, and exits 130; --debug (or SVDZIP_DEBUG=1) shows tracebacks."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -36,8 +40,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line naming it (argparse would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="svdzip", description=__doc__)
+    p = OneLineParser(prog="svdzip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("env", help="versions, build flags, loaded kernels and a self-check")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -59,12 +70,69 @@ def build_parser() -> argparse.ArgumentParser:
     add_lmeval(sub)
     add_plot(sub)
     add_bench(sub)
+    v = sub.add_parser("verify", help="check an svdzip directory's tensor files against their saved checksums",
+                       description="Reads every *.safetensors file of DIR and compares its SHA-256 with the one "
+                                   "svdzip_config.json recorded when it was saved; loads no model.")
+    v.add_argument("dir", help="svdzip output directory")
+    v.set_defaults(func=_cmd_verify)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="show the full traceback of an error (also SVDZIP_DEBUG=1)")
     return p
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .meta import read_meta, verify_dir
+
+    read_meta(args.dir)  # an svdzip directory, its rank map readable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said below, once
+        files = verify_dir(args.dir, verify=True)
+    print(f"{args.dir}: " + (f"{len(files)} tensor file(s) match their checksums ({', '.join(files)})" if files
+                             else "no checksums recorded (saved by an older svdzip); nothing to check"))
+    return 0
+
+
+def _user_errors() -> tuple:
+    """Exceptions that are the user's input, not svdzip's bug: one line, no traceback."""
+    import torch
+
+    kinds = [ValueError, OSError, MemoryError, FloatingPointError, torch.OutOfMemoryError]
+    try:
+        from safetensors import SafetensorError
+        kinds.append(SafetensorError)
+    except ImportError:
+        pass
+    try:
+        from .pipeline.group import RankFailed
+        kinds.append(RankFailed)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("SVDZIP_DEBUG", "") not in ("", "0")
+    where = ["starting"]
+    args.step = lambda what: where.__setitem__(0, what)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        left = args.interrupted(args) if hasattr(args, "interrupted") else ""
+        print(f"svdzip {args.command}: interrupted while {where[0]}" + (f"; {left}" if left else ""),
+              file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug or not isinstance(exc, _user_errors()):
+            raise
+        print(f"svdzip {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,17 +1,11 @@
-"""`svdzip compress` and `svdzip eval`."""
+"""The flags of `svdzip compress` and `svdzip eval`, and the config they make (the runs: cli_run.py)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io as io_
-import json
-import time
 
-import torch
-
+from .cli_checks import UsageError, positive_int, window_length
 from .config import CONFIGS, RECIPES, method_name
-from .dtypes import model_dtype
 
 METHOD_OPTIONS = {  # CLI flag -> config field, for the methods that have it
     "alpha": "alpha", "stat": "stat", "variant": "variant", "first_fraction": "first_fraction",
@@ -24,7 +18,10 @@ def add_compress(sub) -> None:
                        description="Compress every Linear in the decoder blocks. --ratio is the fraction "
                                    "of those parameters KEPT (0.8 = the papers' '20%% compression').")
     p.add_argument("model", help="Hugging Face directory or alias (smollm2-135m)")
-    p.add_argument("out", help="output directory (replaced atomically)")
+    p.add_argument("out", help="output directory: must not exist or be empty (see --overwrite); never the "
+                                "model's own directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing non-empty output directory (only once the new output is complete)")
     p.add_argument("--method", default=None, type=method_name, choices=sorted(CONFIGS),
                    help="svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nsvd (default), nid, ressvd")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
@@ -34,8 +31,9 @@ def add_compress(sub) -> None:
                    help="calibration text: wiki, ptb, code, bg or a text file; or a weighted mix of them, "
                         "e.g. wiki:0.75,notes.txt:0.25 (windows drawn at random per source, --calib-seed)")
     p.add_argument("--calib-seed", type=int, default=0, help="seed of a mixed --calib's window draw (default 0)")
-    p.add_argument("--n-samples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
+    p.add_argument("--n-samples", type=positive_int, default=32, help="calibration windows (default 32)")
+    p.add_argument("--seqlen", type=window_length, default=512,
+                   help="calibration window length (default 512; at most the model's positions)")
     p.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
     p.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
     p.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
@@ -82,12 +80,13 @@ def add_compress(sub) -> None:
     p.add_argument("--stage2", help="nsvd/nid/ressvd: weighting of stage 2")
     p.add_argument("--last-fraction", type=float, help="ressvd: fraction of blocks compressed (from the end)")
     p.add_argument("--eval", default="", help="comma list of datasets to evaluate before and after, e.g. wiki,ptb")
-    p.add_argument("--max-windows", type=int, default=None, help="evaluation windows (default: wiki 60, ptb 40)")
-    p.add_argument("--eval-seqlen", type=int, default=512, help="evaluation window length (protocol: 512)")
+    p.add_argument("--max-windows", type=positive_int, default=None,
+                   help="evaluation windows (default: wiki 60, ptb 40)")
+    p.add_argument("--eval-seqlen", type=window_length, default=512, help="evaluation window length (protocol: 512)")
     p.add_argument("--json", default=None, help="also write the report and ppl to this JSON file")
     p.add_argument("--per-module", action="store_true", help="print the per-module table")
     p.add_argument("--device", default="cpu", help="where to compress and evaluate: cpu, cuda, cuda:1")
-    p.add_argument("--batch-size", type=int, default=1,
+    p.add_argument("--batch-size", type=positive_int, default=1,
                    help="calibration windows per block forward (same statistics: they are sums)")
     p.add_argument("--offload", action="store_true",
                    help="out of core: read one decoder block at a time from the checkpoint, write "
@@ -106,7 +105,16 @@ def add_compress(sub) -> None:
                    help="under torchrun: seconds a rank waits for the others at a collective before "
                         "giving up (longer than one block's decomposition)")
     _add_model_options(p)
-    p.set_defaults(func=run_compress)
+    p.set_defaults(func=_run("run_compress"), interrupted=_run("compress_interrupted"))
+
+
+def _run(name: str):
+    """cli_run.<name>, imported when the command runs (not when --help is printed)."""
+    def call(args):
+        from . import cli_run
+
+        return getattr(cli_run, name)(args)
+    return call
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -136,7 +144,7 @@ def _add_model_options(p) -> None:
                         "convention (its tokenizer adds BOS by default: Gemma yes, SmolLM2/Qwen2.5 no)")
 
 
-def _bos(args) -> bool | None:
+def bos_option(args) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[args.bos]
 
 
@@ -144,12 +152,14 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="perplexity of a model or compressed directory")
     p.add_argument("model", help="alias, Hugging Face directory or svdzip output directory")
     p.add_argument("--data", default="wiki,ptb", help="comma list: wiki, ptb or text files")
-    p.add_argument("--max-windows", type=int, default=None)
-    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--max-windows", type=positive_int, default=None)
+    p.add_argument("--seqlen", type=window_length, default=512)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the checksum check of an svdzip directory's tensor files (also SVDZIP_NO_VERIFY=1)")
     _add_model_options(p)
-    p.set_defaults(func=run_eval)
+    p.set_defaults(func=_run("run_eval"))
 
 
 def make_config(args):
@@ -173,142 +183,11 @@ def make_config(args):
         if value is None:
             continue
         if field not in fields:
-            raise SystemExit(f"svdzip compress: --{flag.replace('_', '-')} does not apply to --method {args.method}")
+            raise UsageError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
         kw[field] = value
     try:
         return cls(**kw)
-    except ValueError as exc:
-        raise SystemExit(f"svdzip compress: {exc}") from exc
-
-
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: torch sees no CUDA device (torch {torch.__version__})")
-    return dev
-
-
-def run_compress(args) -> int:
-    """Under torchrun every rank runs this; rank 0 alone prints, evaluates and saves."""
-    from .pipeline.group import RankFailed, session
-
-    torch.manual_seed(0)
-    cfg = make_config(args)
-    device = _device(args.device)
-    try:
-        with session(args.backend, args.dist_timeout, device) as (group, device):
-            quiet = contextlib.redirect_stdout(io_.StringIO()) if group.rank else contextlib.nullcontext()
-            with quiet:
-                return (_run_offloaded if args.offload else _run_in_memory)(args, cfg, device, group)
-    except (ValueError, RankFailed) as exc:
-        raise SystemExit(f"svdzip compress: {exc}") from exc
-
-
-def _run_in_memory(args, cfg, device, group) -> int:
-    from . import api, data, eval as ev, io, models
-
-    t0 = time.perf_counter()
-    model, tok = models.load(args.model, dtype=args.dtype)
-    model.to(device)
-    bos = data.resolve_bos(tok, _bos(args))
-    sets = [s for s in args.eval.split(",") if s] if group.rank == 0 else []
-    result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio,
-              "dtype": model_dtype(model)}
-    print(f"model {args.model}: {result['dtype']}, windows {'start with BOS' if bos else 'without BOS'} "
-          f"({'model default' if args.bos == 'auto' else '--bos ' + args.bos})")
-    if sets:
-        result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, _bos(args))
-        result["dense_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
-        print("dense ppl: " + ", ".join(f"{k} {v:.2f}" for k, v in result["dense_ppl"].items()))
-    calib, calib_info = _calibration(args, tok, bos)
-    report = api.compress(model, cfg, calib, calibration_info=calib_info, batch_size=args.batch_size)
-    print(report.summary(per_module=args.per_module))
-    out = args.out
-    with group.agree(f"saving {args.out}"):
-        if group.rank == 0:
-            out = io.save_compressed(model, args.out, tokenizer=tok, report=report, shard_size=args.shard_size)
-    if sets:
-        _compressed_ppl(model, tok, sets, args, bos, cfg, result)
-    result["report"] = report.to_dict()
-    return _finish(args, result, out, t0, group)
-
-
-def _calibration(args, tok, bos: bool) -> tuple:
-    """(windows, calibration_info for the report: the spec, BOS, and each source's share)."""
-    from . import data
-
-    try:
-        calib, mix = data.calibration_mix(tok, args.calib, args.n_samples, args.seqlen, bos=bos,
-                                          seed=args.calib_seed)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"svdzip compress --calib {args.calib}: {exc}") from exc
-    if len(mix) > 1:
-        print("calibration mix: " + ", ".join(f"{m['source']} {m['windows']} windows ({m['weight']:.0%})"
-                                              for m in mix))
-    return calib, {"source": args.calib, "bos": bos, "mix": mix, "seed": args.calib_seed}
-
-
-def _compressed_ppl(model, tok, sets, args, bos, cfg, result: dict) -> None:
-    from . import eval as ev
-
-    result["compressed_ppl"] = ev.evaluate(model, tok, sets, args.eval_seqlen, args.max_windows, bos=bos)
-    print(f"compressed ppl ({cfg.method}, ratio {cfg.ratio} kept): " +
-          ", ".join(f"{k} {v:.2f}" for k, v in result["compressed_ppl"].items()))
-
-
-def _finish(args, result: dict, out, t0: float, group) -> int:
-    result.update(seconds=time.perf_counter() - t0, saved_to=str(out))
-    print(f"saved to {out} ({result['seconds']:.0f} s in all)")
-    if args.json and group.rank == 0:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
-    return 0
-
-
-def _run_offloaded(args, cfg, device, group) -> int:
-    """--offload: the dense model is never loaded; --eval scores only the compressed output."""
-    from transformers import AutoTokenizer
-
-    from . import data, eval as ev, io, models
-    from .offload import compress_checkpoint
-
-    t0 = time.perf_counter()
-    path = models.resolve(args.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    bos = data.resolve_bos(tok, _bos(args))
-    calib, calib_info = _calibration(args, tok, bos)
-    try:
-        report = compress_checkpoint(path, args.out, cfg, calib, device=device,
-                                     dtype=models.parse_dtype(args.dtype), batch_size=args.batch_size,
-                                     shard_size=args.shard_size, max_memory=args.max_memory, tokenizer=tok,
-                                     trial_memory=args.trial_memory,
-                                     calibration_info=calib_info)
-    except (MemoryError, NotImplementedError, ValueError) as exc:
-        raise SystemExit(f"svdzip compress --offload: {exc}") from exc
-    print(report.summary(per_module=args.per_module))
-    result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio, "dtype": report.dtype,
-              "offload": True, "report": report.to_dict()}
-    sets = [s for s in args.eval.split(",") if s] if group.rank == 0 else []
-    if sets:
-        model = io.load_compressed(args.out, device=device)
-        result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, _bos(args))
-        _compressed_ppl(model, tok, sets, args, bos, cfg, result)
-    return _finish(args, result, args.out, t0, group)
-
-
-def run_eval(args) -> int:
-    from . import eval as ev, models
-
-    device = _device(args.device)
-    model, tok = models.load(args.model, dtype=args.dtype)
-    model.to(device)
-    res = ev.evaluate(model, tok, [s for s in args.data.split(",") if s], args.seqlen, args.max_windows,
-                      bos=_bos(args))
-    proto = ev.protocol(tok, args.seqlen, args.max_windows, _bos(args))
-    dtype = model_dtype(model)
-    if args.json:
-        print(json.dumps({"ppl": res, "protocol": proto, "dtype": dtype}))
-    else:
-        print(f"{args.model}: {dtype}, windows {'with' if proto['bos'] else 'without'} BOS ({proto['bos_source']})")
-        print("\n".join(f"{k}: ppl {v:.3f}" for k, v in res.items()))
-    return 0
+    except ValueError as exc:  # "ratio = 0.0 must be ..." -> "--ratio: ratio = 0.0 must be ..."
+        field_name = str(exc).split(" ", 1)[0]
+        flag = f"--{field_name.replace('_', '-')}"
+        raise UsageError(f"{flag}: {exc}" if field_name in kw and hasattr(args, field_name) else str(exc)) from None

@@ -24,9 +24,9 @@ def add_lmeval(sub) -> None:
 
 def run_lmeval(args) -> int:
     from . import lmeval, models
-    from .cli_compress import _device
+    from .cli_checks import device as check_device
 
-    device = _device(args.device)
+    device = check_device(args.device)
     model, tok = models.load(args.model, dtype=args.dtype)
     model.to(device)
     tasks = [t for t in args.tasks.split(",") if t]

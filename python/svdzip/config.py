@@ -143,6 +143,15 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
+        for name in ("targets", "ignore"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ValueError(f"{name} = {value!r} must be a list or tuple of glob patterns, not a string "
+                                 f"(it would be read letter by letter): write {name}=({value!r},)")
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{name} = {value!r} must be a list or tuple of glob patterns")
+        if not isinstance(self.overrides, dict):
+            raise ValueError(f"overrides = {self.overrides!r} must be a dict {{glob pattern: ratio}}")
         self.targets, self.ignore = tuple(self.targets), tuple(self.ignore)
         for pat in (*self.targets, *self.ignore, *self.overrides):
             if not isinstance(pat, str) or not pat:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from . import textcache
+
 WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 BG_WIKI_FILE = "test/test_data/bgwiki-latest-pages-articles-shortened.xml.bz2"
 CALIB_ARTICLES = slice(0, 87)
@@ -38,15 +40,17 @@ def wiki_articles(file: str = WIKI_FILE) -> tuple[str, ...]:
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
     path = Path(list(spec.submodule_search_locations)[0]) / file
-    out = []
-    with bz2.open(path) as fh:
-        for title, text, _ in extract_pages(fh, filter_namespaces=("0",)):
-            if text.lstrip().lower().startswith("#redirect"):
-                continue
-            body = filter_wiki(text).replace("'''", "").replace("''", "")
-            body = re.sub(r"\n{3,}", "\n\n", body)
-            out.append(f" = {title} = \n\n{body}")
-    return tuple(out)
+
+    def extract():
+        with bz2.open(path) as fh:
+            for title, text, _ in extract_pages(fh, filter_namespaces=("0",)):
+                if text.lstrip().lower().startswith("#redirect"):
+                    continue
+                body = filter_wiki(text).replace("'''", "").replace("''", "")
+                body = re.sub(r"\n{3,}", "\n\n", body)
+                yield f" = {title} = \n\n{body}"
+
+    return textcache.articles(path, extract)
 
 
 def wiki_text(split: str) -> str:
@@ -123,7 +127,7 @@ def windows(tokenizer, text: str, seqlen: int, max_windows: int | None,
     bos=True starts every window with the BOS token followed by the next seqlen - 1 text tokens,
     so each window is still seqlen long and every text token but the first of a window is
     scored (BOS itself is never a target)."""
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    ids = textcache.token_ids(tokenizer, text)
     step = seqlen - 1 if bos else seqlen
     if step < 1:
         raise ValueError(f"seqlen = {seqlen} is too short for a BOS window")

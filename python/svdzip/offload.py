@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import allocation, methods
-from .api import _calibration_record, _check_calibration, _count
+from .api import _calibration_record, _check_calibration, _count, calibration_warnings
 from .calibration.fisher import row_fisher_blockwise
 from .config import CompressConfig
 from .dtypes import dtype_name
@@ -101,7 +101,9 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     share = calibration[group.share(calibration.shape[0])]  # fails before any work if too few windows
     progress = progress and group.rank == 0
     source = Offloaded(path, device, dtype)
+    _check_calibration(config, calibration, source.model)
     _, targets = find_targets(source.model, config)
+    notes = calibration_warnings(calibration, targets, kinds)
     sensitivity = config.allocation == "sensitivity"
     need = budget.estimate(source, by_block(targets), share.shape, batch_size, kinds, config.gram_products,
                            trials=trial_memory if sensitivity else 0,
@@ -137,7 +139,7 @@ def compress_checkpoint(path, out, config: CompressConfig, calibration: torch.Te
     report = Report(config.method, config.to_dict(), modules=list(sink.modules),
                     model_params_before=_count(source.model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
-                    dtype=dtype_name(source.dtype), allocation=allocated, seconds_stats=prepass_s,
+                    dtype=dtype_name(source.dtype), allocation=allocated, seconds_stats=prepass_s, warnings=notes,
                     calibration=_calibration_record(calibration, calibration_info))
     t0 = time.perf_counter()
     hidden, block_args = replay.capture(source.model, source.layers, share, store=source.store,

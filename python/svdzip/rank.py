@@ -38,6 +38,11 @@ def match(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def match_any(pattern: str, names) -> bool:
+    """Does the glob `pattern` match at least one of `names`?"""
+    return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+
+
 def module_ratio(name: str, block: int, n_blocks: int, cfg) -> float | None:
     """Kept ratio for one targeted module, or None to leave it dense."""
     for pat, r in cfg.overrides.items():

@@ -36,6 +36,7 @@ class Report:
     calibration: dict = field(default_factory=dict)  # windows, seqlen, source, bos convention
     distributed: dict | None = None   # world size, backend, seconds and bytes communicated (rank's own)
     refinement: list = field(default_factory=list)  # per refined block: epochs kept, held-out MSE, seconds
+    warnings: list = field(default_factory=list)    # said before the first forward (e.g. too little calibration)
 
     @property
     def target_params_before(self) -> int:
@@ -88,8 +89,10 @@ class Report:
             f"time: statistics {self.seconds_stats:.1f} s, decomposition {self.seconds_decompose:.1f} s, " +
             (f"communication {self.seconds_comm:.1f} s, " if self.distributed else "") +
             f"total {self.seconds_total:.1f} s",
-            f"whitening fallbacks: {len(fb)} modules" + (f" ({sorted(set(fb.values()))})" if fb else ""),
+            f"whitening fallbacks: {len(fb)} modules" + (f" ({sorted(set(fb.values()))})" if fb else "") +
+            (" - see the warning below" if fb and self.warnings else ""),
         ]
+        lines += [f"warning: {w}" for w in self.warnings]
         if self.distributed:
             d = self.distributed
             lines.append(f"distributed: {d['world']} ranks ({d['backend']}); rank {d['rank']} ran windows "

@@ -44,6 +44,7 @@ def find_targets(model: nn.Module, cfg, dense: list | None = None) -> tuple[nn.M
     layers = decoder_layers(model)
     block_of = {id(layer): i for i, layer in enumerate(layers)}
     names = {id(m): n for n, m in model.named_modules()}
+    _check_patterns(cfg, [names[id(m)] for layer in layers for m in layer.modules() if isinstance(m, nn.Linear)])
     out = []
     for layer in layers:
         i = block_of[id(layer)]
@@ -63,6 +64,17 @@ def find_targets(model: nn.Module, cfg, dense: list | None = None) -> tuple[nn.M
         raise ValueError(f"no Linear layer in the decoder blocks matches targets={list(cfg.targets)} "
                          f"ignore={list(cfg.ignore)} with a ratio below 1")
     return layers, out
+
+
+def _check_patterns(cfg, linears: list[str]) -> None:
+    """Every targets / ignore / overrides pattern matches some Linear in the decoder blocks: a
+    misspelled pattern would otherwise be ignored and the wrong layers compressed."""
+    for field_name, patterns in (("targets", cfg.targets), ("ignore", cfg.ignore), ("overrides", list(cfg.overrides))):
+        for pat in patterns:
+            if not rank.match_any(pat, linears):
+                example = linears[0] if linears else "none"
+                raise ValueError(f"{field_name} pattern {pat!r} matches no Linear inside the decoder blocks "
+                                 f"(names look like {example!r}; embeddings and lm_head are never compressed)")
 
 
 def by_block(targets: list[Target]) -> dict[int, list[Target]]:
