@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -82,8 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    import warnings
-
     from .meta import read_meta, verify_dir
 
     read_meta(args.dir)  # an svdzip directory, its rank map readable
@@ -117,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("SVDZIP_DEBUG", "") not in ("", "0")
+    if not debug:  # a warning is one line too: what, not where in svdzip's code
+        warnings.formatwarning = lambda message, category, *rest: f"svdzip {args.command}: warning: {message}\n"
     where = ["starting"]
     args.step = lambda what: where.__setitem__(0, what)
     try:

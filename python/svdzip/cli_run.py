@@ -94,11 +94,11 @@ def _run_in_memory(args, cfg, path, device, group) -> int:
         step("evaluating the dense model")
         result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, bos_option(args))
         result["dense_ppl"] = _ppl(model, tok, sets, args, bos, "dense ppl")
-    step("compressing (nothing is written until the end)")
+    step("compressing")
     report = api.compress(model, cfg, calib, calibration_info=calib_info, batch_size=args.batch_size)
     print(report.summary(per_module=args.per_module))
     out = args.out
-    step(f"saving {args.out} (a partial save is removed)")
+    step(f"saving {args.out}")
     with group.agree(f"saving {args.out}"):
         if group.rank == 0:
             out = io.save_compressed(model, args.out, tokenizer=tok, report=report, shard_size=args.shard_size,
@@ -138,7 +138,7 @@ def _run_offloaded(args, cfg, path, device, group) -> int:
 
     step, t0 = args.step, time.perf_counter()
     tok, bos, calib, calib_info = _tokenizer_and_calibration(args, path, step)
-    step(f"compressing out of core (finished blocks are kept in {args.out}.partial/)")
+    step("compressing out of core")
     report = compress_checkpoint(path, args.out, cfg, calib, device=device,
                                  dtype=models.parse_dtype(args.dtype), batch_size=args.batch_size,
                                  shard_size=args.shard_size, max_memory=args.max_memory, tokenizer=tok,
