@@ -237,7 +237,7 @@ def test_offloaded_distributed_equals_one_process_and_resumes_identically(tmp_pa
         partial = out / f"{killed['name']}.partial"
         assert partial.is_dir() and not (out / killed["name"]).exists()
         assert json.loads((partial / ".resume" / "progress.json").read_text())["next_block"] == 2
-        kept = {p.name for p in (partial / ".resume").glob("hidden-*")}
+        kept = {p.name for p in (partial / ".resume").glob("hidden-*.safetensors")}
         # each rank's share entering block 2 (and the one before: rank 0 may not have moved on yet)
         assert {"hidden-00002.rank0.safetensors", "hidden-00002.rank1.safetensors"} <= kept
         assert kept <= {f"hidden-0000{i}.rank{r}.safetensors" for i in (1, 2) for r in (0, 1)}

@@ -193,7 +193,8 @@ def test_truncated_shard_is_named_and_out_untouched(tmp_path):
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size - 100])
     out = _sentinel_out(tmp_path)
     with pytest.raises(CheckpointError, match=f"{shard.name} could not be read"):
-        compress_checkpoint(ckpt, out, sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
+        compress_checkpoint(ckpt, out, sz.SVDLLMConfig(ratio=0.6), calib(), progress=False,
+                            overwrite=True)  # a failed run replaces nothing even so
     _assert_untouched(out)
 
 
@@ -203,7 +204,8 @@ def test_missing_shard_is_named_and_out_untouched(tmp_path):
     shard.unlink()
     out = _sentinel_out(tmp_path)
     with pytest.raises(FileNotFoundError, match=f"names shard {shard.name}, which is missing"):
-        compress_checkpoint(ckpt, out, sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
+        compress_checkpoint(ckpt, out, sz.SVDLLMConfig(ratio=0.6), calib(), progress=False,
+                            overwrite=True)  # a failed run replaces nothing even so
     _assert_untouched(out)
 
 
@@ -217,7 +219,8 @@ def test_wrong_shape_in_the_checkpoint_is_named_and_out_untouched(tmp_path):
     out = _sentinel_out(tmp_path)
     with pytest.raises(CheckpointError, match=r"model.safetensors: tensor model.layers.1.mlp.down_proj.weight "
                                               r"has shape \(64, 64\), the model expects \(64, 128\)"):
-        compress_checkpoint(ckpt, out, sz.SVDLLMConfig(ratio=0.6), calib(), progress=False)
+        compress_checkpoint(ckpt, out, sz.SVDLLMConfig(ratio=0.6), calib(), progress=False,
+                            overwrite=True)  # a failed run replaces nothing even so
     _assert_untouched(out)
 
 

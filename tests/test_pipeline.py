@@ -209,8 +209,10 @@ def test_bad_calls():
     model = tiny("llama")
     with pytest.raises(ValueError, match=r"svd_llm needs calibration token ids of shape \(N, seqlen\)"):
         sz.compress(model, sz.SVDLLMConfig(), None, progress=False)
-    with pytest.raises(ValueError, match="no Linear layer in the decoder blocks matches"):
+    with pytest.raises(ValueError, match="targets pattern '\\*nothing\\*' matches no Linear inside the decoder blocks"):
         sz.compress(model, sz.SVDConfig(targets=("*nothing*",)), progress=False)
+    with pytest.raises(ValueError, match="no Linear layer in the decoder blocks matches"):  # each matches, none is left
+        sz.compress(model, sz.SVDConfig(targets=("*q_proj",), ignore=("*proj",)), progress=False)
     with pytest.raises(TypeError, match="config must be a CompressConfig"):
         sz.compress(model, {"ratio": 0.5}, progress=False)
 
