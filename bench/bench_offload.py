@@ -83,9 +83,9 @@ def child(kind: str, model: str, method: str, out: str, n_samples: int, sensitiv
         if kind == "mem":
             m, _ = models.load(str(path))
             rep = sz.compress(m, cfg, calib, progress=False)
-            sz.save_compressed(m, out, tokenizer=tok, report=rep)
+            sz.save_compressed(m, out, tokenizer=tok, report=rep, overwrite=True)  # the bench's own scratch
         elif kind == "off":
-            rep = compress_checkpoint(path, out, cfg, calib, tokenizer=tok, progress=False)
+            rep = compress_checkpoint(path, out, cfg, calib, tokenizer=tok, progress=False, overwrite=True)
         else:  # load
             m = sz.load_compressed(out)
             rep = None

@@ -4,12 +4,14 @@
 # objective, loss allocation)
 # keeping 80% of the decoder-block parameters, and print dense vs compressed perplexity (wiki and ptb,
 # the fixed protocol), the time taken and where the result was saved.
-#   OUT=dir scripts/main.sh    to choose the output directory (default out/smollm2-best-0.8)
+#   OUT=dir scripts/main.sh    to choose the output directory (default out/smollm2-best-0.8, which a
+#                              rerun replaces; an OUT you choose must be new or empty)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY="${SVDZIP_VENV:-.venv}/bin/python"
 "$PY" -m svdzip env
-OUT=${OUT:-out/smollm2-best-0.8}
+REPLACE=()
+if [ -z "${OUT:-}" ]; then OUT=out/smollm2-best-0.8; REPLACE=(--overwrite); fi
 exec "$PY" -m svdzip compress smollm2-135m "$OUT" --recipe best --ratio 0.8 --eval wiki,ptb \
-  --json "$OUT.json"
+  --json "$OUT.json" "${REPLACE[@]}"
