@@ -149,7 +149,7 @@ def test_loss_allocation_config_errors_and_offload_refusal(tmp_path):
 
 
 def test_block_output_fisher_is_the_squared_loss_gradient_at_each_block_output():
-    from svdzip.calibration.fisher import block_output_fisher
+    from svdzip.pipeline.fisher import block_output_fisher
     from svdzip.pipeline.walk import decoder_layers
 
     model, ids = tiny("llama"), calib(3, 16)
@@ -176,7 +176,7 @@ def test_block_output_fisher_is_the_squared_loss_gradient_at_each_block_output()
 
 
 def test_probe_scores_what_the_truncation_does_at_the_block_output():
-    from svdzip.calibration.fisher import block_output_fisher
+    from svdzip.pipeline.fisher import block_output_fisher
     from svdzip.pipeline.spectra import Probe
 
     model, ids = tiny("llama"), calib(8, 32)

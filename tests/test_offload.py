@@ -19,7 +19,7 @@ from svdzip.pipeline.sink import ResumeMismatch
 from tiny_models import calib, tiny
 
 TESTS = Path(__file__).resolve().parent
-METHODS = ["svd", "asvd", "svd_llm", "nsvd", "ressvd"]
+METHODS = sorted(m for m in CONFIGS if m != "fwsvd")  # fwsvd: the prepass tests below
 
 
 def _checkpoint(tmp_path, arch="llama", shard=None, layers=3) -> Path:
@@ -250,13 +250,17 @@ PREPASS_CONFIGS = {
     "svd_llm+sensitivity": sz.SVDLLMConfig(ratio=0.6, **_TRIALS),
     "fwsvd+sensitivity": sz.FWSVDConfig(ratio=0.6, **_TRIALS),
     "nsvd+sensitivity sequential": sz.NSVDConfig(ratio=0.6, sequential=True, **_TRIALS),
+    # the loss allocation's Fisher passes (probe: block outputs; block: rows) out of core
+    "best recipe (loss, probe)": sz.recipe("best", ratio=0.6, loss_windows=3, loss_probe_windows=2),
+    "svd_llm+loss block": sz.SVDLLMConfig(ratio=0.6, allocation="loss", loss_importance="block", loss_windows=3),
 }
 
 
 @pytest.mark.parametrize("name", PREPASS_CONFIGS)
-def test_fisher_and_sensitivity_offloaded_equal_in_memory(tmp_path, monkeypatch, name):
-    """Out of core, Fisher sums come from a block-wise backward and the sensitivity table from
-    sweeps (trial_memory=1: one sweep per block); both give the in-memory factors bit for bit.
+def test_fisher_and_allocations_offloaded_equal_in_memory(tmp_path, monkeypatch, name):
+    """Out of core, Fisher sums (FWSVD's rows, the loss allocation's) come from a block-wise
+    backward and the sensitivity table from sweeps (trial_memory=1: one sweep per block); all
+    give the in-memory factors bit for bit.
     Separate caches: the offloaded table is computed, not read from the in-memory run's."""
     cfg = PREPASS_CONFIGS[name]
     monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path / "cache-mem"))
@@ -269,13 +273,14 @@ def test_fisher_and_sensitivity_offloaded_equal_in_memory(tmp_path, monkeypatch,
     _same_tensors(tmp_path / "mem", tmp_path / "off")
     if cfg.allocation == "sensitivity":
         assert off.allocation["cached"] is False and off.allocation["sweeps"] == 3
+    if cfg.allocation in ("sensitivity", "loss"):
         assert off.allocation["ratios"] == mem.allocation["ratios"]
         assert len(set(off.allocation["ratios"].values())) > 1
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_blockwise_fisher_equals_the_whole_model_backward(tmp_path, arch):
-    from svdzip.calibration.fisher import row_fisher, row_fisher_blockwise
+    from svdzip.pipeline.fisher import row_fisher, row_fisher_blockwise
     from svdzip.pipeline import replay
     from svdzip.pipeline.source import InMemory
     from svdzip.pipeline.walk import find_targets
@@ -330,8 +335,8 @@ def test_killed_after_the_prepass_resumes_without_redoing_it(tmp_path, monkeypat
     def must_not_run(*a, **k):
         raise AssertionError("the prepass was recomputed")
 
-    monkeypatch.setattr("svdzip.offload.row_fisher_blockwise", must_not_run)
-    monkeypatch.setattr("svdzip.allocation.allocate_by_sensitivity", must_not_run)
+    monkeypatch.setattr("svdzip.pipeline.fisher.row_fisher_blockwise", must_not_run)
+    monkeypatch.setattr("svdzip.allocation.Sensitivity.plan", must_not_run)
     rep = compress_checkpoint(ckpt, out, cfg, calib(), progress=False, trial_memory=1)
     _same_tensors(tmp_path / "whole", out)
     assert rep.allocation["kind"] == "sensitivity" and not (tmp_path / "out.partial").exists()

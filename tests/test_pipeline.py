@@ -227,7 +227,7 @@ def test_fwsvd_runs_and_restores_grad_flags():
 
 
 def test_row_fisher_matches_per_window_gradients():
-    from svdzip.calibration.fisher import row_fisher
+    from svdzip.pipeline.fisher import row_fisher
     from svdzip.pipeline.walk import find_targets
     model = tiny("llama")
     ids = calib(3)
@@ -245,7 +245,7 @@ def test_row_fisher_matches_per_window_gradients():
 
 
 def test_row_fisher_recomputes_blocks_in_backward_and_restores_them():
-    from svdzip.calibration.fisher import row_fisher
+    from svdzip.pipeline.fisher import row_fisher
     from svdzip.pipeline.walk import decoder_layers, find_targets
     model, ids = tiny("llama"), calib(2)
     _, targets = find_targets(model, sz.FWSVDConfig())

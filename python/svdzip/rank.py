@@ -48,7 +48,7 @@ def module_ratio(name: str, block: int, n_blocks: int, cfg) -> float | None:
     for pat, r in cfg.overrides.items():
         if fnmatch.fnmatchcase(name, pat):
             return None if r >= 1 else r
-    if getattr(cfg, "allocation", "uniform") in ("sensitivity", "loss"):  # ratios arrive as overrides
+    if getattr(cfg, "allocation", "uniform") in ("sensitivity", "loss"):  # before the plan: every target in
         return None if cfg.ratio >= 1 else cfg.ratio
     last = cfg.last_blocks
     if last is None and getattr(cfg, "last_fraction", None) is not None:

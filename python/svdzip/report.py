@@ -100,14 +100,8 @@ class Report:
                          f"{d['comm_seconds']:.1f} s (waiting for the other ranks included)")
         if self.allocation:
             a = self.allocation
-            kept = sorted(a["ratios"].values())
-            if a["kind"] == "loss":
-                cost = f"Fisher {a['fisher_seconds']:.1f} s, spectra {a['spectra_seconds']:.1f} s"
-            else:
-                cost = "trials " + ("cached" if a["cached"] else f"{a['trial_seconds']:.1f} s")
-            lines.append(f"allocation {a['kind']}: ratios {kept[0]}..{kept[-1]} "
-                         f"({sum(r >= 1 for r in kept)} modules left dense), {cost}, "
-                         f"total {a['seconds_total']:.1f} s (ranks per module: --per-module)")
+            lines.append(f"{a.get('summary') or 'allocation ' + a['kind']}, total {a['seconds_total']:.1f} s "
+                         f"(ranks per module: --per-module)")
         if self.refinement:
             done = [r for r in self.refinement if r["epochs"]]
             before = sum(r["heldout_before"] for r in self.refinement)

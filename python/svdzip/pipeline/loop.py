@@ -1,5 +1,5 @@
-"""The block loop: the one place blocks are visited, whatever the weights' source or the
-results' destination (see ../shared/docs/design.md).
+"""The block loop: the one place blocks are compressed, whatever the weights' source or the
+results' destination (docs/design.md).
 
     for i in blocks:
         block = source.onload(i)            in memory | read from the checkpoint's shards
@@ -93,9 +93,6 @@ def _refine(layer, i: int, streams, job: Job, device) -> None:
 
 def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0) -> None:
     """Visit blocks start.. in order; `blocks` = {index: [Target]} to compress."""
-    if job.config.refine_epochs and job.group.distributed:
-        raise ValueError("refine_epochs > 0 runs on one process for now (each rank holds only its share "
-                         "of the windows); compress without torchrun, or without refinement")
     if job.group.distributed and job.dense_inputs and job.stats is None and job.group.world > 1:
         return run_windows(source, blocks, streams, job, sink, start, window=job.group.world)
     last = max(blocks)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +25,9 @@ from ..report import ModuleReport
 from . import integrity
 from .group import Single
 from .outdir import OutputRefused, replace_dir
-from .shards import Entry, Plan, ShardWriter
+from .layout import planned_block, planned_rank_map, resident_tensors
+from .shards import DEFAULT_SHARD_SIZE, Entry, Plan, ShardWriter, group_entries
+from .walk import by_block
 
 STATE = ".resume"
 PROGRESS = "progress.json"
@@ -57,8 +60,11 @@ class ShardSink:
     before its first block (Fisher sums, a sensitivity allocation: `remembered`) is kept in
     `.resume/prepass/` and survives an interruption too."""
 
-    def __init__(self, out, fingerprint: dict, group=None, overwrite: bool = False) -> None:
-        self.out, self.overwrite = Path(out), overwrite
+    writes = True
+
+    def __init__(self, out, fingerprint: dict, group=None, overwrite: bool = False,
+                 shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+        self.out, self.overwrite, self.shard_size = Path(out), overwrite, shard_size
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.state = self.partial / STATE
         self.prepass_dir = self.state / PREPASS
@@ -90,6 +96,23 @@ class ShardSink:
             self._keep_only_prepass()  # no block finished: only a matching prepass is worth keeping
         self.prepass_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.prepass_dir / "fingerprint.json", self.fingerprint)
+
+    def scratch(self, name: str) -> Path:
+        """A rank's own directory for a pass that spills (removed by the pass, or at the end)."""
+        return self.state / (name + (f"-rank{self.group.rank}" if self.group.distributed else ""))
+
+    def prepare(self, source, targets) -> None:
+        """The output layout, known once the ratios are: each block's tensors, planned before
+        the loop (it lets go of the dense modules); everything outside the blocks written now."""
+        resident = resident_tensors(source.model, source.prefixes)
+        blocks = by_block(targets)
+        self.rank_map = planned_rank_map(targets)
+        self.open(Plan([group_entries(resident)] + [planned_block(layer, source.prefixes[i], blocks.get(i, []))
+                                                    for i, layer in enumerate(source.layers)], self.shard_size))
+        self.write_resident(resident)
+
+    def params_after(self, source) -> int:
+        return sum(math.prod(e.shape) for g in self.plan.groups for e in g)
 
     def open(self, plan: Plan) -> None:
         self.plan = plan

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import fisher, replay
 from .checkpoint import Checkpoint
 from .walk import decoder_layers
 
@@ -51,6 +52,14 @@ class InMemory:
 
     def drop_resident(self) -> None:
         pass
+
+    def row_fisher(self, targets, windows: torch.Tensor, spill, progress: bool = True) -> dict:
+        """FWSVD's row Fisher sums: the whole model's backward, window by window."""
+        return fisher.row_fisher(self.model, targets, windows, progress)
+
+    def block_output_fisher(self, blocks, windows: torch.Tensor, spill, progress: bool = True) -> dict:
+        """{block: Σ (∂L/∂z)² per channel of its output}: the whole model's backward."""
+        return fisher.block_output_fisher(self.model, windows, progress)
 
 
 def empty_model(path, dtype: torch.dtype | None = None, config=None) -> nn.Module:
@@ -139,6 +148,23 @@ class Offloaded:
 
     def offload(self, i: int) -> None:
         self.layers[i].to("meta")
+
+    def row_fisher(self, targets, windows: torch.Tensor, spill, progress: bool = True) -> dict:
+        """FWSVD's row Fisher sums by a block-wise backward (pipeline/fisher.py), block inputs
+        spilled to `spill`; the resident parts are held again afterwards."""
+        hidden, args = replay.capture(self.model, self.layers, windows, store=self.store)
+        try:
+            return fisher.row_fisher_blockwise(self, targets, hidden, args, windows, spill, progress)
+        finally:
+            self.onload_resident()
+
+    def block_output_fisher(self, blocks, windows: torch.Tensor, spill, progress: bool = True) -> dict:
+        """{block: Σ (∂L/∂z)² per channel of its output} by a block-wise backward."""
+        hidden, args = replay.capture(self.model, self.layers, windows, store=self.store)
+        try:
+            return fisher.block_output_fisher_blockwise(self, blocks, hidden, args, windows, spill, progress)
+        finally:
+            self.onload_resident()
 
     def weight(self, target) -> torch.Tensor:
         """A target's weight as the model would hold it, read from the checkpoint (its block

@@ -33,7 +33,7 @@ from .walk import by_block
 @dataclass
 class Probe:
     fisher: dict[int, torch.Tensor]  # block -> Σ (∂L/∂z)² per output channel (block_output_fisher)
-    windows: int                     # probe on the first `windows` calibration windows (of this rank's share)
+    windows: int                     # probe on the first `windows` windows of this rank's share (allocation/loss.py)
     ratio: float                     # each module truncated to this ratio's rank
     scores: dict[str, float] | None = None  # filled: module -> ½·Σ F·ΔZ² summed over the probe windows
     ranks: dict[str, int] | None = None     # filled: module -> the probe's rank
@@ -42,11 +42,15 @@ class Probe:
 @torch.no_grad()
 def _probe_block(layer, targets, left: dict[str, torch.Tensor], inputs, outputs, args, fisher: torch.Tensor,
                  probe: Probe) -> None:
-    f = fisher.to(outputs[0].device, torch.float64)
     for t in targets:
         w = t.module.weight
         m, n = w.shape
         k = rank.rank_for_ratio(m, n, probe.ratio)
+        probe.ranks[t.name] = k
+        if not inputs:  # a rank whose share holds none of the probe windows adds nothing
+            probe.scores[t.name] = 0.0
+            continue
+        f = fisher.to(outputs[0].device, torch.float64)
         U = left[t.name][:, :k]
         original = w.detach().clone()
         try:
@@ -59,7 +63,6 @@ def _probe_block(layer, targets, left: dict[str, torch.Tensor], inputs, outputs,
         if not math.isfinite(score):
             raise FloatingPointError(f"{t.name}: the probe's loss estimate is {score} (non-finite block output)")
         probe.scores[t.name] = 0.5 * score
-        probe.ranks[t.name] = k
 
 
 @torch.no_grad()

@@ -37,10 +37,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return max(pool, key=len)
 
 
-def find_targets(model: nn.Module, cfg, dense: list | None = None) -> tuple[nn.ModuleList, list[Target]]:
+def find_targets(model: nn.Module, cfg, dense: list | None = None,
+                 planned: dict[str, float] | None = None) -> tuple[nn.ModuleList, list[Target]]:
     """Linear modules inside the decoder blocks that match cfg.targets and not cfg.ignore,
-    each with its kept ratio. Matching modules the config leaves dense (ratio 1, blocks before
-    the last L) are omitted, and appended to `dense` when a list is given."""
+    each with its kept ratio: `planned[name]` where an allocation strategy decided it, else the
+    config's (rank.module_ratio). Matching modules left dense (ratio 1, blocks before the last
+    L) are omitted, and appended to `dense` when a list is given."""
     layers = decoder_layers(model)
     block_of = {id(layer): i for i, layer in enumerate(layers)}
     names = {id(m): n for n, m in model.named_modules()}
@@ -55,7 +57,8 @@ def find_targets(model: nn.Module, cfg, dense: list | None = None) -> tuple[nn.M
                 name = names[id(child)]
                 if not rank.match(name, cfg.targets) or rank.match(name, cfg.ignore):
                     continue
-                r = rank.module_ratio(name, i, len(layers), cfg)
+                r = planned[name] if planned and name in planned else rank.module_ratio(name, i, len(layers), cfg)
+                r = None if r is not None and r >= 1 else r
                 if r is not None:
                     out.append(Target(name, i, parent, attr, child, r))
                 elif dense is not None:

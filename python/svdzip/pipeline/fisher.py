@@ -19,8 +19,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from ..pipeline import replay
-from ..pipeline.walk import decoder_layers, swapped_forwards
+from . import replay
+from .walk import decoder_layers, swapped_forwards
 
 
 def _recompute_in_backward(layers):
@@ -125,11 +125,29 @@ def row_fisher_blockwise(source, targets, hidden: list[torch.Tensor], block_args
     `hidden` = the dense hidden states entering block 0 (one (1, seqlen, d) per window);
     each block's inputs are spilled to `spill_dir` (removed at the end): N windows x seqlen x
     hidden x dtype bytes per block on disk, one block's worth in memory."""
+    first = min(t.block for t in targets)
+    acc, _ = _blockwise_backward(source, targets, hidden, block_args, tokens, spill_dir, first, False, progress)
+    return _result(acc, tokens.numel())
+
+
+def block_output_fisher_blockwise(source, blocks, hidden: list[torch.Tensor], block_args: list,
+                                  tokens: torch.Tensor, spill_dir, progress: bool = True) -> dict[int, torch.Tensor]:
+    """block_output_fisher with one block on the device at a time: the gradient entering each
+    block's output on the way back is the one whose square is summed. `blocks`: the indices
+    wanted (the backward stops at the first of them)."""
+    _, out = _blockwise_backward(source, [], hidden, block_args, tokens, spill_dir, min(blocks), True, progress)
+    return _finite_outputs({b: out[b] for b in sorted(blocks)})
+
+
+def _blockwise_backward(source, targets, hidden, block_args, tokens, spill_dir, first: int, outputs: bool,
+                        progress: bool):
+    """(row sums of the targets' squared weight gradients, {block: Σ (∂L/∂z)² per channel of its
+    output} when `outputs`), from a forward that spills each block's inputs and a backward that
+    onloads each block once, from the last down to `first`."""
     spill = Path(spill_dir)
     spill.mkdir(parents=True, exist_ok=True)
-    first = min(t.block for t in targets)
     n = len(source.layers)
-    acc = {}
+    acc, out = {}, {}
     try:
         for i in tqdm(range(n), desc="fisher forward", disable=not progress, leave=False):
             layer = source.onload(i)
@@ -140,24 +158,36 @@ def row_fisher_blockwise(source, targets, hidden: list[torch.Tensor], block_args
         grads = _loss_gradients(source, hidden, tokens)
         del hidden
         for i in tqdm(range(n - 1, first - 1, -1), desc="fisher backward", disable=not progress, leave=False):
+            if outputs:
+                out[i] = sum(g.float().square().sum(tuple(range(g.dim() - 1)), dtype=torch.float64) for g in grads)
+            weights = {t.name: t.module for t in targets if t.block == i}
+            if i == first and not weights:
+                break  # nothing below is wanted: no backward through this block
             layer = source.onload(i)
-            weights = {t.name: t.module.weight for t in targets if t.block == i}
+            weights = {name: m.weight for name, m in weights.items()}
             mine = _zeros(weights, source.device)
             inputs = _unspill(spill / f"in-{i:05d}.safetensors")
             rest, kw = block_args[i]
             with _row_sums_of_squared_grads(layer.parameters(), weights, mine), torch.enable_grad():
                 for j, x in enumerate(inputs):
                     x = x.to(source.device).requires_grad_(i > first)
-                    out = layer(x, *rest, **kw)
-                    out = out[0] if isinstance(out, tuple) else out
-                    out.backward(grads[j].to(source.device))
+                    z = layer(x, *rest, **kw)
+                    z = z[0] if isinstance(z, tuple) else z
+                    z.backward(grads[j].to(source.device))
                     grads[j] = x.grad.to(source.store) if i > first else None
             acc.update({k: v.cpu() for k, v in mine.items()})
             (spill / f"in-{i:05d}.safetensors").unlink()
             source.offload(i)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
-    return _result(acc, tokens.numel())
+    return acc, out
+
+
+def _finite_outputs(acc: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    for b, a in acc.items():
+        if not torch.isfinite(a).all():
+            raise FloatingPointError(f"block {b}: the loss gradient at its output is not finite (NaN/Inf)")
+    return acc
 
 
 def block_output_fisher(model, batches: torch.Tensor, progress: bool = True) -> dict[int, torch.Tensor]:
@@ -195,7 +225,4 @@ def block_output_fisher(model, batches: torch.Tensor, progress: bool = True) -> 
             h.remove()
         for p, flag in zip(params, before):
             p.requires_grad_(flag)
-    for b, a in acc.items():
-        if not torch.isfinite(a).all():
-            raise FloatingPointError(f"block {b}: the loss gradient at its output is not finite (NaN/Inf)")
-    return acc
+    return _finite_outputs(acc)
