@@ -58,7 +58,7 @@ def _config(spec: str, sensitivity_ratios: list[float]):
 
 def child(kind: str, model: str, method: str, out: str, n_samples: int, sensitivity_ratios) -> dict:
     import svdzip as sz
-    from svdzip import allocation
+    from svdzip.allocation import sensitivity
     from svdzip import models
     from svdzip.offload import compress_checkpoint
     from svdzip.pipeline import sink as sink_mod
@@ -68,7 +68,7 @@ def child(kind: str, model: str, method: str, out: str, n_samples: int, sensitiv
     cfg = _config(method, sensitivity_ratios)
     cache = Path(out + ".sensitivity")  # a table cache of this child's own
     shutil.rmtree(cache, ignore_errors=True)
-    allocation._cache_file = lambda key: cache / f"{key}.json"
+    sensitivity.cache_file = lambda key: cache / f"{key}.json"
     per_block = []
     write = sink_mod.ShardSink.write
 

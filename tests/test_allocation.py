@@ -27,7 +27,7 @@ def test_allocate_meets_budget_and_is_tight():
     for frac in (0.45, 0.6, 0.8):
         budget = int(frac * dense)
         ratios = allocation.allocate(table, SHAPES, budget)
-        total = sum(allocation._params(SHAPES[n], r) for n, r in ratios.items())
+        total = sum(allocation.params_at_ratio(SHAPES[n], r) for n, r in ratios.items())
         assert total <= budget
         # one notch lower threshold would break the budget (the search found the lowest level)
         levels = sorted({p for v in table.values() for p in v.values()})
@@ -35,7 +35,7 @@ def test_allocate_meets_budget_and_is_tight():
         lower = [p for p in levels if p < th]
         if lower:
             choice = {n: min([r for r, p in table[n].items() if p <= lower[-1]], default=1.0) for n in table}
-            assert sum(allocation._params(SHAPES[n], r) for n, r in choice.items()) > budget
+            assert sum(allocation.params_at_ratio(SHAPES[n], r) for n, r in choice.items()) > budget
     ratios = allocation.allocate(table, SHAPES, int(0.6 * dense))
     assert ratios["a"] <= ratios["b"] <= ratios["c"], ratios  # insensitive layers give up more
 
@@ -142,7 +142,7 @@ def test_sweeps_of_any_size_give_the_same_table(method):
     cfg = CONFIGS[method](ratio=0.6, allocation="sensitivity", sensitivity_ratios=(0.3, 0.9), sensitivity_seqlen=16)
     model = tiny("qwen2")
     _, targets = find_targets(model, cfg)
-    tokens = allocation._slice(calib(), cfg)
+    tokens = allocation.trial_slice(calib(), cfg)
     run = [trials.sweep_table(InMemory(model), targets, cfg, methods.get(method), calib(), tokens,
                               methods.required_stats(cfg), progress=False, trial_memory=m) for m in (1 << 40, 1)]
     assert [r["sweeps"] for r in run] == [1, 3]

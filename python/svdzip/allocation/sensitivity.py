@@ -66,7 +66,7 @@ def cache_key(cfg, tokens: torch.Tensor, weights) -> str:
     return h.hexdigest()[:24]
 
 
-def _cache_file(key: str) -> Path:
+def cache_file(key: str) -> Path:
     from ..models import cache_dir
 
     return cache_dir() / "sensitivity" / f"{key}.json"
@@ -95,7 +95,7 @@ def sensitivity_table(source, targets, stats: dict | None, cfg, method, calibrat
     reads and writes the cache and every rank gets its answer."""
     group = group or Single()
     tokens = trial_slice(calibration, cfg)
-    path = _cache_file(cache_key(cfg, tokens, ((t.name, source.weight(t)) for t in targets)))
+    path = cache_file(cache_key(cfg, tokens, ((t.name, source.weight(t)) for t in targets)))
     cached = _read_cache(path) if group.rank == 0 else None
     if cached is not None and not set(cached["ppl"]) >= {t.name for t in targets}:
         cached = None
