@@ -54,7 +54,7 @@ def child(model: str, method: str, block: int, n_samples: int, owned: bool) -> d
     release_freed_memory()
     base = _anon_mb()
     with AnonPeak() as collect:
-        stats = loop._collect(layer, by_block(targets)[block], streams, block, source.device, job, advance=True)
+        stats = loop.collect_block(layer, by_block(targets)[block], streams, block, source.device, job, advance=True)
     release_freed_memory()
     mid = _anon_mb()
     with AnonPeak() as decompose:

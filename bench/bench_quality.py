@@ -1,5 +1,5 @@
 """Quality table: method x ratio x (one-shot | sequential) -> wiki and ptb perplexity on
-SmolLM2-135M with the fixed protocol (shared/docs/methods.md), dense baseline in the same run.
+SmolLM2-135M with the fixed protocol (docs/methods.md), dense baseline in the same run.
 
   python bench/bench_quality.py                                   # issue-4 table (0.9 0.8 0.6)
   python bench/bench_quality.py --ratios 0.9 0.8 0.7 0.6 0.5 0.4 --modes oneshot

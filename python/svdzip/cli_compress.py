@@ -3,14 +3,75 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from .cli_checks import UsageError, positive_int, window_length
-from .config import CONFIGS, RECIPES, method_name
+from .config import (ALLOCATIONS, CONFIGS, GRAM_PRODUCTS, LOSS_IMPORTANCES, OBJECTIVES, RECIPES, REFINE_WEIGHTINGS,
+                     WEIGHTINGS, CompressConfig, method_name)
 
-METHOD_OPTIONS = {  # CLI flag -> config field, for the methods that have it
-    "alpha": "alpha", "stat": "stat", "variant": "variant", "first_fraction": "first_fraction",
-    "stage1": "stage1", "stage2": "stage2", "last_fraction": "last_fraction",
+
+
+# config fields set by a flag of the same name (--loss-windows -> loss_windows): their choices and
+# defaults come from config.py, so the help can never disagree with the config
+CONFIG_FLAGS = {
+    "allocation": ("per-module ratios: uniform, last_blocks (with --last-blocks), sensitivity (ASVD "
+                   "trials, cached in $SVDZIP_CACHE/sensitivity) or loss (no trials: whitened spectra "
+                   "priced by the loss, budget solved exactly)", str, ALLOCATIONS),
+    "loss_importance": ("--allocation loss: how a module's output error is priced (probe: each module "
+                        "truncated alone, its block's output change scored with the Fisher there)", str,
+                        LOSS_IMPORTANCES),
+    "loss_windows": ("--allocation loss: calibration windows of the Fisher backward", int, None),
+    "loss_probe_windows": ("--loss-importance probe: windows each probe reruns its block on", int, None),
+    "loss_probe_ratio": ("--loss-importance probe: the ratio each module is truncated to", float, None),
+    "loss_min_ratio": ("--allocation loss: the lowest ratio any module gets (0 = rank 1)", float, None),
+    "sensitivity_ratios": ("candidate ratios of the sensitivity trials", float, None),
+    "sensitivity_windows": ("calibration windows the trials are scored on", int, None),
+    "sensitivity_seqlen": ("their length", int, None),
+    "gram_products": ("precision of each window's Gram product (the sum is fp64 either way; fp32 ~2x "
+                      "faster on CPU)", str, GRAM_PRODUCTS),
+    "objective": ("compensated: fit each layer, fed the compressed model's inputs, to the dense layer's "
+                  "outputs (needs --sequential and a whitened method)", str, OBJECTIVES),
+    "compensation": ("--objective compensated: strength beta in [0, 1]", float, None),
+    "refine_epochs": ("block-wise refinement (needs --sequential): epochs of Adam on each block's factors "
+                      "against the dense block's outputs (0 = off)", int, None),
+    "refine_lr": ("refinement learning rate", float, None),
+    "refine_weighting": ("refinement error: per-channel standardised (channel) or plain MSE (none)", str,
+                         REFINE_WEIGHTINGS),
 }
+METHOD_FLAGS = {  # fields of some methods only: (help, type, choices)
+    "alpha": ("asvd: exponent of the channel scaling", float, None),
+    "stat": ("asvd: channel statistic", str, ("mean", "max")),
+    "variant": ("nsvd/nid: Cholesky (I) or eigen (II) stage 1", str, ("I", "II")),
+    "first_fraction": ("nsvd/nid/ressvd: share of the rank in stage 1", float, None),
+    "stage1": ("nsvd/nid/ressvd: weighting of stage 1", str, WEIGHTINGS),
+    "stage2": ("nsvd/nid/ressvd: weighting of stage 2", str, WEIGHTINGS),
+    "last_fraction": ("ressvd: fraction of blocks compressed (from the end)", float, None),
+}
+
+
+def _defaults() -> dict:
+    """Each config field's default, from the dataclasses; a method option's per method
+    ("nid plain, nsvd asvd") where the methods differ."""
+    out = {f.name: f.default for f in dataclasses.fields(CompressConfig)}
+    own: dict[str, dict] = {}
+    for method, cls in sorted(CONFIGS.items()):
+        for f in dataclasses.fields(cls):
+            if f.name not in out:
+                own.setdefault(f.name, {})[method] = f.default
+    for name, per in own.items():
+        values = set(map(str, per.values()))
+        out[name] = values.pop() if len(values) == 1 else ", ".join(f"{m} {v}" for m, v in per.items())
+    return out
+
+
+def _add_fields(group, flags: dict, defaults: dict) -> None:
+    for name, (text, kind, choices) in flags.items():
+        default = defaults.get(name)
+        default = " .. ".join(map(str, (default[0], default[-1]))) if isinstance(default, tuple) else default
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                           choices=list(choices) if choices else None,
+                           nargs="+" if name == "sensitivity_ratios" else None,
+                           help=f"{text} (default {default})")
 
 
 def add_compress(sub) -> None:
@@ -20,91 +81,56 @@ def add_compress(sub) -> None:
     p.add_argument("model", help="Hugging Face directory or alias (smollm2-135m)")
     p.add_argument("out", help="output directory: must not exist or be empty (see --overwrite); never the "
                                 "model's own directory")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing non-empty output directory (only once the new output is complete)")
-    p.add_argument("--method", default=None, type=method_name, choices=sorted(CONFIGS),
-                   help="svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nsvd (default), nid, ressvd")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="a named combination of options (README 'Recipes'); flags given explicitly win")
-    p.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")
-    p.add_argument("--calib", default="wiki",
-                   help="calibration text: wiki, ptb, code, bg or a text file; or a weighted mix of them, "
-                        "e.g. wiki:0.75,notes.txt:0.25 (windows drawn at random per source, --calib-seed)")
-    p.add_argument("--calib-seed", type=int, default=0, help="seed of a mixed --calib's window draw (default 0)")
-    p.add_argument("--n-samples", type=positive_int, default=32, help="calibration windows (default 32)")
-    p.add_argument("--seqlen", type=window_length, default=512,
-                   help="calibration window length (default 512; at most the model's positions)")
-    p.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
-    p.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
-    p.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
-    p.add_argument("--allocation", choices=["uniform", "last_blocks", "sensitivity", "loss"], default=None,
-                   help="per-module ratios: uniform (default), last_blocks (with --last-blocks), or "
-                        "sensitivity (ASVD trials; cached in $SVDZIP_CACHE/sensitivity), or loss "
-                        "(no trials: whitened spectra x Fisher importance, budget solved exactly)")
-    p.add_argument("--loss-importance", choices=["probe", "block", "fisher", "relative"], default=None,
-                   help="--allocation loss: weight of each module's output error (default probe: each "
-                        "module truncated alone, its block's output change scored with the Fisher there; "
-                        "block: relative error x the block's Fisher importance)")
-    p.add_argument("--loss-windows", type=int, default=None,
-                   help="--allocation loss: calibration windows of the Fisher backward (default 8)")
-    p.add_argument("--loss-probe-windows", type=int, default=None,
-                   help="--loss-importance probe: calibration windows each probe reruns its block on (default 2)")
-    p.add_argument("--loss-probe-ratio", type=float, default=None,
-                   help="--loss-importance probe: the ratio each module is truncated to in its probe (default 0.5)")
-    p.add_argument("--loss-min-ratio", type=float, default=None,
-                   help="--allocation loss: the lowest ratio any module gets (default 0.4; 0 = rank 1)")
-    p.add_argument("--sensitivity-ratios", type=float, nargs="+", default=None,
-                   help="candidate ratios of the sensitivity trials (default 0.4 .. 0.9)")
-    p.add_argument("--sensitivity-windows", type=int, default=None,
-                   help="calibration windows the trials are scored on (default 2)")
-    p.add_argument("--sensitivity-seqlen", type=int, default=None, help="their length (default 256)")
-    p.add_argument("--gram-products", choices=["fp64", "fp32"], default=None,
-                   help="precision of each calibration window's Gram product (the sum is fp64 either "
-                        "way); fp32 is ~2x faster on CPU. Default fp64")
-    p.add_argument("--objective", choices=["plain", "compensated"], default=None,
-                   help="compensated: fit each layer, fed the compressed model's inputs, to the dense "
-                        "layer's outputs (needs --sequential and a whitened method)")
-    p.add_argument("--compensation", type=float, default=None,
-                   help="--objective compensated: strength beta in [0, 1] of the compensation (default 0.25)")
-    p.add_argument("--refine-epochs", type=int, default=None,
-                   help="block-wise refinement (needs --sequential): epochs of Adam on each block's "
-                        "factors against the dense block's outputs (default 0 = off)")
-    p.add_argument("--refine-lr", type=float, default=None, help="refinement learning rate (default 1e-4)")
-    p.add_argument("--refine-weighting", choices=["channel", "none"], default=None,
-                   help="refinement error: per-channel standardised (channel, default) or plain MSE (none)")
-    p.add_argument("--alpha", type=float, help="asvd: exponent of the channel scaling")
-    p.add_argument("--stat", choices=["mean", "max"], help="asvd: channel statistic")
-    p.add_argument("--variant", choices=["I", "II"], help="nsvd/nid: Cholesky (I) or eigen (II) stage 1")
-    p.add_argument("--first-fraction", type=float, help="nsvd/nid/ressvd: share of the rank in stage 1")
-    p.add_argument("--stage1", help="nsvd/nid/ressvd: weighting of stage 1 (plain, whitened, whitened_eigen, asvd)")
-    p.add_argument("--stage2", help="nsvd/nid/ressvd: weighting of stage 2")
-    p.add_argument("--last-fraction", type=float, help="ressvd: fraction of blocks compressed (from the end)")
-    p.add_argument("--eval", default="", help="comma list of datasets to evaluate before and after, e.g. wiki,ptb")
-    p.add_argument("--max-windows", type=positive_int, default=None,
-                   help="evaluation windows (default: wiki 60, ptb 40)")
-    p.add_argument("--eval-seqlen", type=window_length, default=512, help="evaluation window length (protocol: 512)")
-    p.add_argument("--json", default=None, help="also write the report and ppl to this JSON file")
-    p.add_argument("--per-module", action="store_true", help="print the per-module table")
-    p.add_argument("--device", default="cpu", help="where to compress and evaluate: cpu, cuda, cuda:1")
-    p.add_argument("--batch-size", type=positive_int, default=1,
-                   help="calibration windows per block forward (same statistics: they are sums)")
-    p.add_argument("--offload", action="store_true",
-                   help="out of core: read one decoder block at a time from the checkpoint, write "
-                        "shards as blocks finish; an interrupted run resumes from OUT.partial/")
-    p.add_argument("--shard-size", type=parse_size, default="5GB",
-                   help="largest output shard, e.g. 5GB, 500MB (whole blocks per shard)")
-    p.add_argument("--max-memory", type=parse_size, default=None,
-                   help="with --offload: refuse to start when the expected peak exceeds this (e.g. 24GiB)")
-    p.add_argument("--trial-memory", type=parse_size, default="1GiB",
-                   help="with --offload and --allocation sensitivity: most memory for the trials' hidden "
-                        "states at a time; less means more sweeps over the blocks")
-    p.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"],
-                   help="under torchrun: the torch.distributed backend (auto: nccl with --device cuda, "
-                        "else gloo)")
-    p.add_argument("--dist-timeout", type=float, default=1800.0,
-                   help="under torchrun: seconds a rank waits for the others at a collective before "
-                        "giving up (longer than one block's decomposition)")
-    _add_model_options(p)
+    what = p.add_argument_group("what to compress, and how")
+    what.add_argument("--method", default=None, type=method_name, choices=sorted(CONFIGS),
+                      help="nsvd (default), svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nid, ressvd")
+    what.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                      help="a named combination of options (docs/usage.md 'Recipes'); flags given explicitly win")
+    what.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")
+    what.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
+    what.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
+    what.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
+    defaults = _defaults()
+    _add_fields(p.add_argument_group("allocation, objective, refinement"), CONFIG_FLAGS, defaults)
+    _add_fields(p.add_argument_group("method options"), METHOD_FLAGS, defaults)
+    calib = p.add_argument_group("calibration")
+    calib.add_argument("--calib", default="wiki",
+                       help="calibration text: wiki, ptb, code, bg or a text file; or a weighted mix of them, "
+                            "e.g. wiki:0.75,notes.txt:0.25 (windows drawn at random per source, --calib-seed)")
+    calib.add_argument("--calib-seed", type=int, default=0, help="seed of a mixed --calib's window draw (default 0)")
+    calib.add_argument("--n-samples", type=positive_int, default=32, help="calibration windows (default 32)")
+    calib.add_argument("--seqlen", type=window_length, default=512,
+                       help="calibration window length (default 512; at most the model's positions)")
+    calib.add_argument("--batch-size", type=positive_int, default=1,
+                       help="calibration windows per block forward (same statistics: they are sums)")
+    out = p.add_argument_group("output and evaluation")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing non-empty output directory (only once the new output is complete)")
+    out.add_argument("--eval", default="", help="comma list of datasets to evaluate before and after, e.g. wiki,ptb")
+    out.add_argument("--max-windows", type=positive_int, default=None,
+                     help="evaluation windows (default: wiki 60, ptb 40)")
+    out.add_argument("--eval-seqlen", type=window_length, default=512, help="evaluation window length (protocol: 512)")
+    out.add_argument("--json", default=None, help="also write the report and ppl to this JSON file")
+    out.add_argument("--per-module", action="store_true", help="print the per-module table")
+    out.add_argument("--shard-size", type=parse_size, default="5GB",
+                     help="largest output shard, e.g. 5GB, 500MB (whole blocks per shard)")
+    run = p.add_argument_group("where it runs")
+    run.add_argument("--device", default="cpu", help="where to compress and evaluate: cpu, cuda, cuda:1")
+    run.add_argument("--offload", action="store_true",
+                     help="out of core: read one decoder block at a time from the checkpoint, write "
+                          "shards as blocks finish; an interrupted run resumes from OUT.partial/")
+    run.add_argument("--max-memory", type=parse_size, default=None,
+                     help="with --offload: refuse to start when the expected peak exceeds this (e.g. 24GiB)")
+    run.add_argument("--trial-memory", type=parse_size, default="1GiB",
+                     help="with --offload and --allocation sensitivity: most memory for the trials' hidden "
+                          "states at a time; less means more sweeps over the blocks")
+    run.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"],
+                     help="under torchrun: the torch.distributed backend (auto: nccl with --device cuda, "
+                          "else gloo)")
+    run.add_argument("--dist-timeout", type=float, default=1800.0,
+                     help="under torchrun: seconds a rank waits for the others at a collective before "
+                          "giving up (longer than one block's decomposition)")
+    _add_model_options(run)
     p.set_defaults(func=_run("run_compress"), interrupted=_run("compress_interrupted"))
 
 
@@ -172,19 +198,16 @@ def make_config(args):
     base = {k: v for k, v in base.items() if k in fields}
     kw = {**base, "ratio": args.ratio, "sequential": args.sequential or base.get("sequential", False),
           "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
-    for flag in ("allocation", "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen",
-                 "gram_products", "objective", "loss_importance", "loss_windows", "loss_min_ratio",
-                 "loss_probe_windows", "loss_probe_ratio", "compensation",
-                 "refine_epochs", "refine_lr", "refine_weighting"):
+    for flag in CONFIG_FLAGS:
         if getattr(args, flag, None) is not None:
             kw[flag] = getattr(args, flag)
-    for flag, field in METHOD_OPTIONS.items():
+    for flag in METHOD_FLAGS:
         value = getattr(args, flag, None)
         if value is None:
             continue
-        if field not in fields:
+        if flag not in fields:
             raise UsageError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
-        kw[field] = value
+        kw[flag] = value
     try:
         return cls(**kw)
     except ValueError as exc:  # "ratio = 0.0 must be ..." -> "--ratio: ratio = 0.0 must be ..."

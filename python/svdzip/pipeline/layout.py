@@ -47,7 +47,7 @@ def planned_block(layer: nn.Module, prefix: str, targets) -> list[Entry]:
 
 
 def planned_rank_map(targets) -> dict[str, dict]:
-    """svdzip_config.json's rank map for `targets` (as io._rank_map gives for a live model)."""
+    """svdzip_config.json's rank map for `targets` (as hf.rank_map gives for a live model); config.json carries it."""
     out = {}
     for t in targets:
         m, n = t.shape

@@ -48,7 +48,7 @@ class Job:
 
 
 @torch.no_grad()
-def _collect(layer, targets, streams: Streams, i: int, device, job: Job, advance: bool, owner_of=None):
+def collect_block(layer, targets, streams: Streams, i: int, device, job: Job, advance: bool, owner_of=None):
     """(the block's statistics, {module: owner rank}); `advance`: its outputs (dense, one-shot)
     replace the streams' hidden states on the way (else they are not kept at all). In a
     distributed group each rank runs its share of the windows and the sums meet at the owners
@@ -106,7 +106,7 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
             with _timed(job, "seconds_stats"):
                 if job.stats is None:
                     advanced = forward and job.dense_inputs  # one-shot: the statistics pass advances
-                    stats, owner_of = _collect(layer, blocks[i], streams, i, source.device, job, advanced)
+                    stats, owner_of = collect_block(layer, blocks[i], streams, i, source.device, job, advanced)
                 else:
                     stats, owner_of = job.stats, job.group.owners(blocks[i])
             with _timed(job, "seconds_decompose"):
@@ -151,7 +151,7 @@ def run_windows(source, blocks: dict, streams: Streams, job: Job, sink=None, sta
             layers[i] = layer = source.onload(i)
             with _timed(job, "seconds_stats"):
                 if i in blocks:
-                    stats, _ = _collect(layer, blocks[i], streams, i, source.device, job, i < last, owner_of)
+                    stats, _ = collect_block(layer, blocks[i], streams, i, source.device, job, i < last, owner_of)
                     parts.append((blocks[i], stats))
                 elif i < last:
                     with job.group.agree(f"running block {i}"):
