@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -16,9 +18,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine(device: str = "cpu") -> dict:
     import svdzip
 
+    load = os.getloadavg()[0]
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "svdzip": svdzip.__version__, "native": svdzip.native_available(),
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            # when, and whether anything else was running (docs/results.md prints both)
+            "date": datetime.date.today().isoformat(), "date_source": "run", "loadavg_start": round(load, 2),
+            "alone": load < 0.5}
     if device == "cuda":
         from svdzip import _native
 

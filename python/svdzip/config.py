@@ -108,7 +108,7 @@ class CompressConfig:
                 β in [0, 1] of the compensated objective: target outputs W·(X̃ + β·(X − X̃)),
                 β = 0 plain whitening on the compressed inputs, β = 1 the full correction
                 (overfits the calibration text); default 0.25, the best measured out of
-                domain on SmolLM2 (README, "Quality beyond the papers")
+                domain on SmolLM2 (docs/findings.md, "Quality beyond the papers")
     gram_products
                 precision of each calibration window's xᵀx product: "fp64" (exact to fp64) or
                 "fp32" (about twice as fast on CPU; each window's product is rounded to fp32,
@@ -313,7 +313,7 @@ class NSVDConfig(_TwoStageConfig):
     """NSVD: nested decomposition. variant 'I' whitens stage 1 by Cholesky, 'II' by the eigen
     factor of the Gram; stage 2 truncates the residual under `stage2` weighting (default
     "asvd", ASVD's mean|x| channel scale: better than the paper's plain SVD on every text and
-    first fraction measured at ratio 0.8, README "When does NSVD help?"). k1 = round(first_fraction·k)."""
+    first fraction measured at ratio 0.8, docs/findings.md "When does NSVD help?"). k1 = round(first_fraction·k)."""
 
     method: ClassVar[str] = "nsvd"
     stage2: str = "asvd"
@@ -335,7 +335,7 @@ class NIDConfig(NSVDConfig):
     (Cholesky) or 'II' (eigen factor) for stage 1, as for NSVD."""
 
     method: ClassVar[str] = "nid"
-    stage2: str = "plain"  # what the sweep measured (README "When does NSVD help?")
+    stage2: str = "plain"  # what the sweep measured (docs/findings.md "When does NSVD help?")
 
 
 @register
@@ -353,11 +353,11 @@ class ResSVDConfig(_TwoStageConfig):
         _check_fraction(self.last_fraction, "last_fraction")
 
 
-# Named recipes: the options a user would otherwise have to know to combine (README "Recipes").
+# Named recipes: the options a user would otherwise have to know to combine (docs/usage.md "Recipes").
 # "best": the highest-quality combination measured on SmolLM2 (bench/bench_recipes.py) that
 # still compresses it in about 5 minutes on 2 CPU cores.
 RECIPES: dict[str, dict[str, Any]] = {
-    # measured best on SmolLM2 at 0.8 and 0.6 in and out of domain (README, "Quality beyond the
+    # measured best on SmolLM2 at 0.8 and 0.6 in and out of domain (docs/findings.md, "Quality beyond the
     # papers"): nsvd (f = 0.95, stage 2 under ASVD's channel scale) beat svd_llm on wiki, ptb, code, bg;
     # the loss allocation priced by block-output probes beat the block importance and sensitivity trials
     "best": {"method": "nsvd", "first_fraction": 0.95, "stage2": "asvd", "sequential": True,
