@@ -168,14 +168,31 @@ def test_stats_reuse_matches_fresh_collection():
         assert torch.allclose(a(ids).logits, b(ids).logits, atol=1e-6)
 
 
-def test_sequential_differs_from_oneshot():
+def test_sequential_fits_each_layer_to_the_compressed_models_inputs():
+    """Sequential: block 2's q_proj is SVD-LLM's optimum for the inputs it sees in the compressed
+    model (blocks 0-1 already compressed), which one-shot's (fitted to the dense inputs) is not."""
     ids = calib()
+    dense_w = tiny("llama").model.layers[2].self_attn.q_proj.weight.detach().double()
     a, b = tiny("llama"), tiny("llama")
     sz.compress(a, sz.SVDLLMConfig(ratio=0.4), ids, progress=False)
     sz.compress(b, sz.SVDLLMConfig(ratio=0.4, sequential=True), ids, progress=False)
-    qa = a.model.layers[2].self_attn.q_proj
-    qb = b.model.layers[2].self_attn.q_proj
-    assert not torch.allclose(qa.A @ qa.B, qb.A @ qb.B, atol=1e-4)
+    seen = []
+    q = b.model.layers[2].self_attn.q_proj
+    handle = q.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().reshape(-1, 64)))
+    with torch.no_grad():
+        for row in ids:
+            b(row.unsqueeze(0))
+    handle.remove()
+    X = torch.cat(seen).double()                       # what q_proj sees in the compressed model
+    S = torch.linalg.cholesky(X.T @ X)
+    sigma = torch.linalg.svdvals(dense_w @ S)
+    optimum = float(sigma[q.rank:].square().sum().sqrt())
+
+    def err(mod):
+        return float(((dense_w - mod.A.double() @ mod.B.double()) @ X.T).norm())
+
+    assert err(q) == pytest.approx(optimum, rel=1e-6)
+    assert err(a.model.layers[2].self_attn.q_proj) > 1.01 * optimum
 
 
 def test_rank_deficient_calibration_reports_fallback():
