@@ -29,8 +29,6 @@ def _config(method, allocation, objective):
     kw = dict(ratio=0.6, allocation=allocation, objective=objective, **OPTIONS[allocation])
     if objective == "compensated" or method != "fwsvd" and allocation == "loss":
         kw["sequential"] = True  # compensated needs it; loss with sequential is the recipe's pipeline
-    if method == "ressvd" and allocation != "last_blocks":
-        kw["last_fraction"] = None if allocation == "uniform" else 0.75
     return CONFIGS[method](**kw)
 
 
