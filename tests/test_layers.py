@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "python" / "svdzip"
 
 # lowest first; a module may import its own layer and those below. A prefix names a package.
 LAYERS = [
-    ("leaves", ["version", "config", "dtypes", "rank", "report", "paths", "_native", "_reference", "_C", "rope",
+    ("leaves", ["version", "config", "config_methods", "dtypes", "rank", "report", "paths", "_native", "_reference", "_C", "rope",
                 "benchmark", "calibration.adequacy", "pipeline.integrity", "pipeline.outdir", "pipeline.memory",
                 "pipeline.budget", "pipeline.group", "pipeline.inplace"]),
     ("ops", ["ops"]),
@@ -19,7 +19,7 @@ LAYERS = [
     ("pipeline", ["pipeline"]),
     ("allocation", ["allocation"]),
     ("driver", ["driver"]),
-    ("api", ["api", "offload", "io", "hf", "meta", "kvcache", "data", "textcache", "eval", "models", "lmeval",
+    ("api", ["api", "offload", "io", "hf", "meta", "kvcache", "kvcache_layer", "data", "textcache", "eval", "models", "lmeval",
              "plot", "demo", "env"]),
     ("cli", ["cli", "cli_checks", "cli_compress", "cli_run", "cli_lmeval", "cli_plot", "cli_bench", "__main__", ""]),
 ]
@@ -98,3 +98,11 @@ def test_an_upward_import_is_caught():
 def test_calibration_and_pipeline_do_not_import_each_other_both_ways():
     cal = {t for p in (PACKAGE / "calibration").glob("*.py") for t, _, _ in imports(p)}
     assert not any(t.startswith("pipeline") for t in cal)
+
+
+def test_files_and_functions_stay_small():
+    """Files under 300 lines, functions under 60 (the house style; docs/design.md)."""
+    long_files = [str(p.relative_to(PACKAGE)) for p in FILES if len(p.read_text().splitlines()) > 300]
+    long_functions = [f"{p.relative_to(PACKAGE)}:{n.name}" for p in FILES for n in ast.walk(ast.parse(p.read_text()))
+                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 60]
+    assert long_files == [] and long_functions == []

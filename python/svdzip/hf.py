@@ -18,6 +18,10 @@ import types
 from pathlib import Path
 
 from torch import nn
+from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .dtypes import model_dtype
 from .meta import FORMAT_VERSION, MODEL_TYPE, check_rank_map, verify_dir, write_meta
@@ -155,74 +159,65 @@ def _writing_class(base: type) -> type:
     return _WRITING[base]
 
 
-def _register() -> None:
-    from transformers import AutoConfig, PretrainedConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-    from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
-    from transformers.utils.quantization_config import QuantizationConfigMixin
+class SvdzipConfig(PretrainedConfig):
+    """Stands for model_type "svdzip" in AutoConfig: reading one gives the base model's own
+    config class (quantization_config.base_model_type), quantization_config included."""
+    model_type = MODEL_TYPE
 
-    global SvdzipQuantizationConfig
-
-    class SvdzipConfig(PretrainedConfig):
-        """Stands for model_type "svdzip" in AutoConfig: reading one gives the base model's own
-        config class (quantization_config.base_model_type), quantization_config included."""
-        model_type = MODEL_TYPE
-
-        @classmethod
-        def from_dict(cls, config_dict, **kwargs):
-            q = config_dict.get("quantization_config") or {}
-            base = q.get("base_model_type")
-            if q.get("quant_method") != MODEL_TYPE or base not in CONFIG_MAPPING:
-                raise ValueError(f"config.json says model_type 'svdzip' but its quantization_config "
-                                 f"{ {k: v for k, v in q.items() if k != 'modules'} } names no known base model type")
-            return CONFIG_MAPPING[base].from_dict({**config_dict, "model_type": base}, **kwargs)
-
-    class SvdzipQuantizationConfig(QuantizationConfigMixin):  # noqa: F811 - registered below
-        def __init__(self, modules=None, base_model_type=None, format_version=FORMAT_VERSION, **kwargs):
-            self.quant_method = MODEL_TYPE
-            self.format_version = format_version
-            self.base_model_type = base_model_type
-            self.modules = modules or {}
-            if format_version != FORMAT_VERSION:
-                raise ValueError(f"svdzip quantization_config format_version {format_version!r} is not "
-                                 f"supported (this svdzip reads {FORMAT_VERSION})")
-            check_rank_map(self.modules, "quantization_config")
-
-    class SvdzipHfQuantizer(HfQuantizer):
-        """Loads svdzip factors: LowRankLinear on the meta skeleton before the weights arrive."""
-        requires_calibration = True  # an svdzip directory is made by svdzip.compress, not here
-
-        def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
-            from .pipeline.checkpoint import Checkpoint
-
-            swap_in_lowrank(model, self.quantization_config.modules, "quantization_config")
-            if checkpoint_files:
-                where = Path(checkpoint_files[0]).parent
-                verify_dir(where)  # before a byte of a tensor is read
-                check_checkpoint(model, Checkpoint(where), where, getattr(model, "all_tied_weights_keys", {}))
-            return model
-
-        def _process_model_after_weight_loading(self, model, **kwargs):
-            check_loaded(model, getattr(model.config, "_name_or_path", "") or type(model).__name__)
-            _writes_svdzip(model.config)
-            guard_save_pretrained(model)
-            return model
-
-        def is_serializable(self, safe_serialization=None):
-            return True
-
-        @property
-        def is_trainable(self):
-            return True
-
-        @property
-        def is_compileable(self):
-            return True
-
-    AutoConfig.register(MODEL_TYPE, SvdzipConfig, exist_ok=True)
-    register_quantization_config(MODEL_TYPE)(SvdzipQuantizationConfig)
-    register_quantizer(MODEL_TYPE)(SvdzipHfQuantizer)
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        q = config_dict.get("quantization_config") or {}
+        base = q.get("base_model_type")
+        if q.get("quant_method") != MODEL_TYPE or base not in CONFIG_MAPPING:
+            raise ValueError(f"config.json says model_type 'svdzip' but its quantization_config "
+                             f"{ {k: v for k, v in q.items() if k != 'modules'} } names no known base model type")
+        return CONFIG_MAPPING[base].from_dict({**config_dict, "model_type": base}, **kwargs)
 
 
-SvdzipQuantizationConfig = None  # the registered class, once _register() ran
-_register()
+class SvdzipQuantizationConfig(QuantizationConfigMixin):
+    def __init__(self, modules=None, base_model_type=None, format_version=FORMAT_VERSION, **kwargs):
+        self.quant_method = MODEL_TYPE
+        self.format_version = format_version
+        self.base_model_type = base_model_type
+        self.modules = modules or {}
+        if format_version != FORMAT_VERSION:
+            raise ValueError(f"svdzip quantization_config format_version {format_version!r} is not "
+                             f"supported (this svdzip reads {FORMAT_VERSION})")
+        check_rank_map(self.modules, "quantization_config")
+
+
+class SvdzipHfQuantizer(HfQuantizer):
+    """Loads svdzip factors: LowRankLinear on the meta skeleton before the weights arrive."""
+    requires_calibration = True  # an svdzip directory is made by svdzip.compress, not here
+
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        from .pipeline.checkpoint import Checkpoint
+
+        swap_in_lowrank(model, self.quantization_config.modules, "quantization_config")
+        if checkpoint_files:
+            where = Path(checkpoint_files[0]).parent
+            verify_dir(where)  # before a byte of a tensor is read
+            check_checkpoint(model, Checkpoint(where), where, getattr(model, "all_tied_weights_keys", {}))
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        check_loaded(model, getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        _writes_svdzip(model.config)
+        guard_save_pretrained(model)
+        return model
+
+    def is_serializable(self, safe_serialization=None):
+        return True
+
+    @property
+    def is_trainable(self):
+        return True
+
+    @property
+    def is_compileable(self):
+        return True
+
+
+AutoConfig.register(MODEL_TYPE, SvdzipConfig, exist_ok=True)
+register_quantization_config(MODEL_TYPE)(SvdzipQuantizationConfig)
+register_quantizer(MODEL_TYPE)(SvdzipHfQuantizer)

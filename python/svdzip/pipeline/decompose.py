@@ -84,17 +84,9 @@ def _share_factors(t: Target, src: int, group) -> None:
     t.module = None
 
 
-def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: bool) -> list[ModuleReport]:
-    """Decompose targets with their (shared) prepared statistics, all at once so that
-    same-shaped SVDs share one batched call, and swap them in. `owned`: the statistics
-    are this call's to change (the block loop's, not a caller's): each fp64 Gram is replaced
-    by the fp32 copy the reported error uses as soon as its weighting is prepared, and each
-    weighting goes once the SVDs are done (Qwen2.5-0.5B's down_proj: 189 MB of Gram and
-    189 MB of whitening factor fewer at the block's peak)."""
-    out: list[ModuleReport] = []
-    if not targets:
-        return out
-    t0 = time.perf_counter()
+def _prepare(targets, stats: dict, cfg, method, owned: bool):
+    """(jobs (W, prepared weighting, rank) per target, each target's statistics key, the prepared
+    weightings, the compensated objective's maps), one weighting per shared input."""
     prepared: dict[str, object] = {}
     maps: dict[str, tuple] = {}  # compensated objective: leader -> (T = C·G̃⁻¹, notes)
     jobs, keys = [], []
@@ -117,6 +109,21 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
             W = compensated.compensated_weight(W, maps[key][0])
         jobs.append((W, prepared[key], rank.rank_for_ratio(m, n, t.ratio)))
         keys.append(key)
+    return jobs, keys, prepared, maps
+
+
+def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: bool) -> list[ModuleReport]:
+    """Decompose targets with their (shared) prepared statistics, all at once so that
+    same-shaped SVDs share one batched call, and swap them in. `owned`: the statistics
+    are this call's to change (the block loop's, not a caller's): each fp64 Gram is replaced
+    by the fp32 copy the reported error uses as soon as its weighting is prepared, and each
+    weighting goes once the SVDs are done (Qwen2.5-0.5B's down_proj: 189 MB of Gram and
+    189 MB of whitening factor fewer at the block's peak)."""
+    out: list[ModuleReport] = []
+    if not targets:
+        return out
+    t0 = time.perf_counter()
+    jobs, keys, prepared, maps = _prepare(targets, stats, cfg, method, owned)
     results = method.decompose_many(jobs, cfg)
     notes = {key: {**_notes(prep), **(maps[key][1] if key in maps else {})} for key, prep in prepared.items()}
     maps = None

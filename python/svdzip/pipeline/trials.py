@@ -97,6 +97,35 @@ def _start_trials(targets, stats: dict, cfg, method, layer, dense, args, live: d
 
 
 @torch.no_grad()
+def _sweep(source, blocks, span, to_the_end: bool, dense, slice_args, full, stats, spec, mine, bar, group):
+    """One sweep: the trials of blocks span = [first, stop) started as each block passes and
+    carried to the last block (`live`); the dense slice carried along to `stop` (to the end when
+    `to_the_end`, for the dense perplexity). Returns (live, the dense slice at the end, the dense
+    slice entering `stop`: the next sweep's start)."""
+    (first, stop), (cfg, method, kinds), device = span, spec, source.device
+    live: dict = {}
+    carry, following = dense, None
+    for b in range(first, len(source.layers)):
+        layer = source.onload(b)
+        for key, h in live.items():
+            live[key] = replay.run_block(layer, h, slice_args[b])
+        if b < stop:
+            if b in blocks:
+                found = stats if full is None else block_stats(layer, b, blocks[b], full, cfg, kinds, device, group)
+                with group.agree(f"running block {b}'s trials"):
+                    _start_trials([t for t in blocks[b] if t.name in mine], found, cfg, method,
+                                  layer, carry, slice_args[b], live, bar)
+            elif full is not None:  # a target-free block before a later target
+                with group.agree(f"running block {b}"):
+                    full.run(layer, b, device, outputs="replace")
+        if b < stop or to_the_end:
+            carry = replay.run_block(layer, carry, slice_args[b])
+            if b == stop - 1:
+                following = carry
+        source.offload(b)
+    return live, carry, following
+
+
 def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens: torch.Tensor,
                 kinds, stats: dict | None = None, batch_size: int = 1, progress: bool = True,
                 trial_memory: int = DEFAULT_TRIAL_MEMORY, group=None) -> dict:
@@ -126,27 +155,8 @@ def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens:
     bar = tqdm(total=len(mine) * len(cfg.sensitivity_ratios), desc="sensitivity trials",
                disable=not progress, leave=False)
     for g, (first, stop) in enumerate(groups):
-        live: dict = {}
-        carry, following = dense, None
-        for b in range(first, len(layers)):
-            layer = source.onload(b)
-            for key, h in live.items():
-                live[key] = replay.run_block(layer, h, slice_args[b])
-            if b < stop:
-                if b in blocks:
-                    found = stats if full is None else block_stats(
-                        layer, b, blocks[b], full, cfg, kinds, device, group)
-                    with group.agree(f"running block {b}'s trials"):
-                        _start_trials([t for t in blocks[b] if t.name in mine], found, cfg, method,
-                                      layer, carry, slice_args[b], live, bar)
-                elif full is not None:  # a target-free block before a later target
-                    with group.agree(f"running block {b}"):
-                        full.run(layer, b, device, outputs="replace")
-            if b < stop or g == 0:  # the first sweep carries the dense slice to the end: dense ppl
-                carry = replay.run_block(layer, carry, slice_args[b])
-                if b == stop - 1:
-                    following = carry
-            source.offload(b)
+        live, carry, following = _sweep(source, blocks, (first, stop), g == 0, dense, slice_args, full, stats,
+                                        (cfg, method, kinds), mine, bar, group)
         source.onload_resident()
         head = replay.head(model)
         for (name, r), h in live.items():

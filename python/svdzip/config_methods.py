@@ -1,0 +1,146 @@
+"""The method configs (one dataclass per method, registered by name in config.CONFIGS) and the
+named recipes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .config import CONFIGS, WEIGHTINGS, CompressConfig, check_fraction, register
+
+
+@register
+@dataclass
+class SVDConfig(CompressConfig):
+    """Plain truncated SVD of W (data-free baseline)."""
+
+    method: ClassVar[str] = "svd"
+
+
+@register
+@dataclass
+class FWSVDConfig(CompressConfig):
+    """Fisher-weighted SVD: rows (outputs) weighted by √(Σ grad²) of the LM loss."""
+
+    method: ClassVar[str] = "fwsvd"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sequential:
+            raise ValueError("fwsvd needs gradients of the whole model's loss: sequential=True "
+                             "is not supported, use one-shot statistics")
+
+
+@register
+@dataclass
+class ASVDConfig(CompressConfig):
+    """ASVD: W·diag(s)^alpha with s = mean|x| (or max|x|) per input channel."""
+
+    method: ClassVar[str] = "asvd"
+    alpha: float = 0.5
+    stat: str = "mean"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 2:
+            raise ValueError(f"alpha = {self.alpha!r} must be in [0, 2]")
+        if self.stat not in ("mean", "max"):
+            raise ValueError(f"stat = {self.stat!r} must be 'mean' or 'max'")
+
+
+@register
+@dataclass
+class SVDLLMConfig(CompressConfig):
+    """SVD-LLM: whitening by the Cholesky factor of the input Gram (optimal ‖(W−Ŵ)X‖)."""
+
+    method: ClassVar[str] = "svd_llm"
+
+
+@dataclass
+class _TwoStageConfig(CompressConfig):
+    """Two stages: rank k1 under `stage1` weighting, then the residual at k − k1 under `stage2`."""
+
+    first_fraction: float = 0.95
+    stage1: str = "whitened"
+    stage2: str = "plain"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fraction(self.first_fraction, "first_fraction")
+        for name in ("stage1", "stage2"):
+            if getattr(self, name) not in WEIGHTINGS:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be one of {WEIGHTINGS}")
+
+
+@register
+@dataclass
+class NSVDConfig(_TwoStageConfig):
+    """NSVD: nested decomposition. variant 'I' whitens stage 1 by Cholesky, 'II' by the eigen
+    factor of the Gram; stage 2 truncates the residual under `stage2` weighting (default
+    "asvd", ASVD's mean|x| channel scale: better than the paper's plain SVD on every text and
+    first fraction measured at ratio 0.8, docs/findings.md "When does NSVD help?"). k1 = round(first_fraction·k)."""
+
+    method: ClassVar[str] = "nsvd"
+    stage2: str = "asvd"
+    variant: str = "I"
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("I", "II"):
+            raise ValueError(f"variant = {self.variant!r} must be 'I' or 'II'")
+        if self.variant == "II" and self.stage1 == "whitened":
+            self.stage1 = "whitened_eigen"
+        super().__post_init__()
+
+
+@register
+@dataclass
+class NIDConfig(NSVDConfig):
+    """NID: NSVD's nested scheme with an interpolative decomposition (columns of the weighted
+    matrix chosen by column-pivoted QR, and the coefficients) in each stage; variant 'I'
+    (Cholesky) or 'II' (eigen factor) for stage 1, as for NSVD."""
+
+    method: ClassVar[str] = "nid"
+    stage2: str = "plain"  # what the sweep measured (docs/findings.md "When does NSVD help?")
+
+
+@register
+@dataclass
+class ResSVDConfig(_TwoStageConfig):
+    """ResSVD: residual compensation (stage 1 at r1 = round(first_fraction·r), the residual at
+    r − r1), applied to the last L blocks only (default: the last 3/4 of them)."""
+
+    method: ClassVar[str] = "ressvd"
+    first_fraction: float = 0.9
+    last_fraction: float = 0.75
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fraction(self.last_fraction, "last_fraction")
+
+
+# Named recipes: the options a user would otherwise have to know to combine (docs/usage.md "Recipes").
+# "best": the highest-quality combination measured on SmolLM2 (bench/bench_recipes.py) that
+# still compresses it in about 5 minutes on 2 CPU cores.
+RECIPES: dict[str, dict[str, Any]] = {
+    # measured best on SmolLM2 at 0.8 and 0.6 in and out of domain (docs/findings.md, "Quality beyond the
+    # papers"): nsvd (f = 0.95, stage 2 under ASVD's channel scale) beat svd_llm on wiki, ptb, code, bg;
+    # the loss allocation priced by block-output probes beat the block importance and sensitivity trials
+    "best": {"method": "nsvd", "first_fraction": 0.95, "stage2": "asvd", "sequential": True,
+             "objective": "compensated", "compensation": 0.25, "allocation": "loss", "loss_importance": "probe"},
+}
+
+
+def recipe(name: str, **overrides) -> CompressConfig:
+    """The config of a named recipe (RECIPES), any field overridden: recipe("best", ratio=0.6);
+    with method= another method, the recipe's fields that method lacks are dropped."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    fields = {**RECIPES[name], **overrides}
+    method = fields.pop("method")
+    if method not in CONFIGS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(CONFIGS)}")
+    cls = CONFIGS[method]
+    if "method" in overrides:  # the recipe's fields of its own method (nsvd's stage2) drop out
+        own = set(cls.__dataclass_fields__)
+        fields = {k: v for k, v in fields.items() if k in own or k in overrides}
+    return cls(**fields)
