@@ -83,7 +83,7 @@ def add_compress(sub) -> None:
                                 "model's own directory")
     what = p.add_argument_group("what to compress, and how")
     what.add_argument("--method", default=None, type=method_name, choices=sorted(CONFIGS),
-                      help="nsvd (default), svd, fwsvd, asvd, svd_llm (also svd-llm, SVD-LLM), nid, ressvd")
+                      help=f"one of {', '.join(sorted(CONFIGS))} (default nsvd; SVD-LLM and svd-llm name svd_llm)")
     what.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                       help="a named combination of options (docs/usage.md 'Recipes'); flags given explicitly win")
     what.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")

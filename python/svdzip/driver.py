@@ -115,14 +115,19 @@ def _fisher(source, sink, targets, share, group, progress) -> dict:
 
 
 def _plan(strategy, ctx: allocation.Context, sink) -> tuple[dict, dict | None]:
-    """The strategy's ratios and record; an out-of-core run keeps them for a resume."""
-    if not strategy.remembered:
-        return strategy.plan(ctx)
+    """The strategy's ratios and record (with its summary line and time); a strategy that
+    computes (remembered) has them kept by an out-of-core sink for a resume."""
     t0 = time.perf_counter()
-    info, _ = sink.remembered("allocation", lambda: (strategy.plan(ctx)[1], None))
-    info = {**info, "summary": strategy.summary(info)}
+    if strategy.remembered:
+        info, _ = sink.remembered("allocation", lambda: (strategy.plan(ctx)[1], None))
+        ratios = info["ratios"]
+    else:
+        ratios, info = strategy.plan(ctx)
+    if info is None:
+        return ratios, None
+    info = {**info, "summary": strategy.summary(info) or f"allocation {info.get('kind', strategy.name)}"}
     info.setdefault("seconds_total", time.perf_counter() - t0)
-    return info["ratios"], info
+    return ratios, info
 
 
 def run(source, sink, config: CompressConfig, calibration: torch.Tensor | None, group,
