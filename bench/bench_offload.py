@@ -7,7 +7,12 @@ and the predicted peak / time for Llama-3-8B and -70B shapes from the measured c
       --sensitivity-ratios 0.6 0.9 --tag cpu_prepass
 
 A method "M+sensitivity" runs M with allocation="sensitivity" (each child with an empty table
-cache of its own, so both modes run their trials).
+cache of its own, so both modes run their trials); "best" is `--recipe best`.
+
+  python bench/bench_offload.py --model qwen2.5-0.5b --methods best --memory-cap 0.5 --tag cpu_qwen_best
+
+--memory-cap F runs the offloaded child, and a second in-memory child, in a memory cgroup limited
+to F x the fp32 checkpoint's bytes (proof, not estimate, that the out-of-core run fits).
 
 Every run is a fresh child process. "Held" = the highest RssAnon (sampled every 20 ms) minus
 RssAnon just before the measured step, i.e. after import, tokenizer and calibration tokens,
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from _cgroup import run_capped
 from _timing import machine, write_json
 from bench_compress import AnonPeak, _anon_mb, _status_mb
 
@@ -48,8 +54,10 @@ def _setup(model: str, n_samples: int):
 
 
 def _config(spec: str, sensitivity_ratios: list[float]):
-    from svdzip.config import CONFIGS
+    from svdzip.config import CONFIGS, recipe
 
+    if spec == "best":
+        return recipe("best", ratio=0.8)
     method, _, allocation = spec.partition("+")
     if not allocation:
         return CONFIGS[method](ratio=0.8)
@@ -99,13 +107,17 @@ def child(kind: str, model: str, method: str, out: str, n_samples: int, sensitiv
     return res
 
 
-def _run_child(*args, sensitivity_ratios=()) -> dict:
-    proc = subprocess.run([sys.executable, str(HERE), "--child", *map(str, args),
-                           ",".join(map(str, sensitivity_ratios))],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {args} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _run_child(*args, sensitivity_ratios=(), cap: int | None = None, may_die: bool = False) -> dict:
+    """A measured child; under `cap` bytes (a memory cgroup) if given. `may_die`: an OOM kill is
+    a result ({"killed": True, ...}), not a failure."""
+    rc, out, err, seconds = run_capped([sys.executable, str(HERE), "--child", *map(str, args),
+                                        ",".join(map(str, sensitivity_ratios))], cap)
+    if rc != 0:
+        if may_die and rc in (-9, 137):
+            return {"kind": args[0], "killed": True, "seconds_until_killed": seconds, "cap_bytes": cap}
+        raise SystemExit(f"child {args} failed (exit {rc}):\n{err[-3000:]}")
+    res = json.loads(out.strip().splitlines()[-1])
+    return {**res, "killed": False, "cap_bytes": cap}
 
 
 def _compare(a: Path, b: Path) -> dict:
@@ -131,7 +143,11 @@ def _slope(ys: list[float]) -> float:
     return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
 
 
-def measure(model: str, method: str, n_samples: int, scratch: Path, sensitivity_ratios=()) -> dict:
+def measure(model: str, method: str, n_samples: int, scratch: Path, sensitivity_ratios=(),
+            cap: float | None = None) -> dict:
+    """In memory, out of core and reloading, each a child; with `cap` (a fraction of the fp32
+    checkpoint's bytes) the out-of-core run and a second in-memory run go under that memory
+    limit (the first in-memory run, uncapped, gives the reference factors and time)."""
     from svdzip import models
 
     ckpt = models.resolve(model)
@@ -141,8 +157,13 @@ def measure(model: str, method: str, n_samples: int, scratch: Path, sensitivity_
     row = {"model": model, "method": method, "ratio": 0.8, "n_samples": n_samples,
            "checkpoint_bytes": _size(ckpt)}
     kw = {"sensitivity_ratios": sensitivity_ratios}
+    limit = None if cap is None else int(cap * row["checkpoint_bytes"])
     row["in_memory"] = _run_child("mem", model, method, mem, n_samples, **kw)
-    row["offloaded"] = _run_child("off", model, method, off, n_samples, **kw)
+    row["offloaded"] = _run_child("off", model, method, off, n_samples, **kw, cap=limit)
+    if limit is not None:
+        row["memory_cap"] = {"fraction_of_checkpoint": cap, "bytes": limit,
+                             "in_memory": _run_child("mem", model, method, scratch / "capped-mem", n_samples,
+                                                     **kw, cap=limit, may_die=True)}
     row["load"] = _run_child("load", model, method, off, n_samples, **kw)
     row["compressed_bytes"] = _size(off)
     row["factors"] = _compare(mem, off)
@@ -228,13 +249,16 @@ def main() -> None:
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--sensitivity-ratios", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
                     help="candidate ratios for M+sensitivity methods")
+    ap.add_argument("--memory-cap", type=float, default=None,
+                    help="run the offloaded child (and a second in-memory child) under a memory cgroup "
+                         "limit of this fraction of the fp32 checkpoint's bytes, e.g. 0.5 (root, cgroup v1)")
     args = ap.parse_args()
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), "rows": []}
     for model in args.model:
         for method in args.methods:
-            row = measure(model, method, args.n_samples, scratch, args.sensitivity_ratios)
+            row = measure(model, method, args.n_samples, scratch, args.sensitivity_ratios, args.memory_cap)
             _add_flops(row, args.n_samples)
             payload["rows"].append(row)
             o, i = row["offloaded"], row["in_memory"]
@@ -244,6 +268,11 @@ def main() -> None:
                   f"({row['time_ratio']:.2f}x); growth {o['growth_mb_per_block']:.1f} MiB/block; factors "
                   f"identical: {row['factors']['identical']}; load {row['load']['held_mb']:.0f} MiB held, "
                   f"{row['load']['seconds']:.1f} s, compressed {row['compressed_bytes'] / 2**20:.0f} MiB", flush=True)
+            if "memory_cap" in row:
+                c = row["memory_cap"]
+                print(f"  under a cap of {c['bytes'] / 2**20:.0f} MiB ({c['fraction_of_checkpoint']}x the checkpoint): "
+                      f"offloaded completed; in memory {'killed' if c['in_memory']['killed'] else 'completed'}",
+                      flush=True)
             write_json(f"offload_{args.tag}.json", payload)
     if not any(r["method"] == "svd_llm" for r in payload["rows"]):
         return  # the projection is fitted to svd_llm's constants
