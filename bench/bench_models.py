@@ -5,7 +5,7 @@ same run, each model's own BOS convention (recorded in the JSON).
   python bench/bench_models.py --model qwen2.5-0.5b --max-windows 20
   python bench/bench_models.py --model smollm2-135m --dtype bfloat16 --rows svd_llm:oneshot:0.8 nsvd:oneshot:0.8 --tag smollm2_bf16
 
-Rows are METHOD:MODE:RATIO[:ALLOCATION] (MODE oneshot | sequential). Each row compresses a
+Rows are METHOD:MODE:RATIO[:ALLOCATION] (MODE oneshot | sequential), or best:RATIO (--recipe best). Each row compresses a
 freshly loaded model; its peak memory is RssAnon sampled every 20 ms during compress (see
 bench_compress.py), given as MiB above the loaded model and as a multiple of the model's size.
 Rows are appended to bench/results/models_<tag>.json as they finish (a partial run keeps them).
@@ -32,6 +32,8 @@ DEFAULT_ROWS = [f"{m}:oneshot:0.8" for m in ("svd", "asvd", "svd_llm", "nsvd", "
 
 def _row_config(spec: str):
     parts = spec.split(":")
+    if parts[0] == "best" and len(parts) == 2:  # best:RATIO = --recipe best
+        return sz.recipe("best", ratio=float(parts[1]))
     if len(parts) not in (3, 4) or parts[1] not in ("oneshot", "sequential"):
         raise SystemExit(f"row {spec!r}: expected METHOD:oneshot|sequential:RATIO[:ALLOCATION]")
     kw = {"ratio": float(parts[2]), "sequential": parts[1] == "sequential"}

@@ -159,7 +159,10 @@ def measure(model: str, method: str, n_samples: int, scratch: Path, sensitivity_
     kw = {"sensitivity_ratios": sensitivity_ratios}
     limit = None if cap is None else int(cap * row["checkpoint_bytes"])
     row["in_memory"] = _run_child("mem", model, method, mem, n_samples, **kw)
-    row["offloaded"] = _run_child("off", model, method, off, n_samples, **kw, cap=limit)
+    row["offloaded"] = _run_child("off", model, method, off, n_samples, **kw, cap=limit, may_die=limit is not None)
+    if row["offloaded"]["killed"]:  # under the cap: the record says so, nothing else can be compared
+        row["memory_cap"] = {"fraction_of_checkpoint": cap, "bytes": limit}
+        return row
     if limit is not None:
         row["memory_cap"] = {"fraction_of_checkpoint": cap, "bytes": limit,
                              "in_memory": _run_child("mem", model, method, scratch / "capped-mem", n_samples,
@@ -261,6 +264,11 @@ def main() -> None:
             row = measure(model, method, args.n_samples, scratch, args.sensitivity_ratios, args.memory_cap)
             _add_flops(row, args.n_samples)
             payload["rows"].append(row)
+            if row["offloaded"]["killed"]:
+                print(f"{model} {method}: the offloaded run was killed under the cap of "
+                      f"{row['memory_cap']['bytes'] / 2**20:.0f} MiB ({args.memory_cap}x the checkpoint)", flush=True)
+                write_json(f"offload_{args.tag}.json", payload)
+                continue
             o, i = row["offloaded"], row["in_memory"]
             print(f"{model} {method}: held in-memory {i['held_mb']:.0f} MiB, offloaded {o['held_mb']:.0f} MiB "
                   f"({row['held_over_checkpoint']['offloaded']:.2f}x the checkpoint's "

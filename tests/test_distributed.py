@@ -25,7 +25,7 @@ from tiny_models import calib, tiny
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "dist_worker.py"
-METHODS = ["svd", "fwsvd", "asvd", "svd_llm", "nsvd", "ressvd"]
+METHODS = sorted(CONFIGS)  # every registered method (a new one is tested here by registering it)
 SENSITIVITY = dict(method="svd_llm", ratio=0.6, allocation="sensitivity", sensitivity_ratios=[0.3, 0.6, 0.9],
                    sensitivity_seqlen=16, sensitivity_windows=2)
 BEST_LOSS = {**sz.config.RECIPES["best"], "ratio": 0.6, "loss_windows": 3, "loss_probe_windows": 2}
