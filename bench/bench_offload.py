@@ -11,8 +11,9 @@ cache of its own, so both modes run their trials); "best" is `--recipe best`.
 
   python bench/bench_offload.py --model qwen2.5-0.5b --methods best --memory-cap 0.5 --tag cpu_qwen_best
 
---memory-cap F runs the offloaded child, and a second in-memory child, in a memory cgroup limited
-to F x the fp32 checkpoint's bytes (proof, not estimate, that the out-of-core run fits).
+--memory-cap F runs the offloaded and the in-memory child in a memory cgroup limited to F x the
+fp32 checkpoint's bytes, and records which completed and which was killed (proof, not estimate,
+that the out-of-core run fits); without it the two modes run uncapped and are compared.
 
 Every run is a fresh child process. "Held" = the highest RssAnon (sampled every 20 ms) minus
 RssAnon just before the measured step, i.e. after import, tokenizer and calibration tokens,
@@ -145,9 +146,8 @@ def _slope(ys: list[float]) -> float:
 
 def measure(model: str, method: str, n_samples: int, scratch: Path, sensitivity_ratios=(),
             cap: float | None = None) -> dict:
-    """In memory, out of core and reloading, each a child; with `cap` (a fraction of the fp32
-    checkpoint's bytes) the out-of-core run and a second in-memory run go under that memory
-    limit (the first in-memory run, uncapped, gives the reference factors and time)."""
+    """In memory, out of core and reloading, each a child, compared; with `cap` (a fraction of
+    the fp32 checkpoint's bytes) only the two modes under that memory limit, and which completed."""
     from svdzip import models
 
     ckpt = models.resolve(model)
@@ -158,15 +158,15 @@ def measure(model: str, method: str, n_samples: int, scratch: Path, sensitivity_
            "checkpoint_bytes": _size(ckpt)}
     kw = {"sensitivity_ratios": sensitivity_ratios}
     limit = None if cap is None else int(cap * row["checkpoint_bytes"])
-    row["in_memory"] = _run_child("mem", model, method, mem, n_samples, **kw)
-    row["offloaded"] = _run_child("off", model, method, off, n_samples, **kw, cap=limit, may_die=limit is not None)
-    if row["offloaded"]["killed"]:  # under the cap: the record says so, nothing else can be compared
+    if limit is not None:  # the proof alone: both modes under the cap (the uncapped comparison is a run of its own)
         row["memory_cap"] = {"fraction_of_checkpoint": cap, "bytes": limit}
+        for key, kind, d in (("offloaded", "off", off), ("in_memory", "mem", mem)):
+            row["memory_cap"][key] = _run_child(kind, model, method, d, n_samples, **kw, cap=limit, may_die=True)
+        for d in (mem, off):
+            shutil.rmtree(d, ignore_errors=True)
         return row
-    if limit is not None:
-        row["memory_cap"] = {"fraction_of_checkpoint": cap, "bytes": limit,
-                             "in_memory": _run_child("mem", model, method, scratch / "capped-mem", n_samples,
-                                                     **kw, cap=limit, may_die=True)}
+    row["in_memory"] = _run_child("mem", model, method, mem, n_samples, **kw)
+    row["offloaded"] = _run_child("off", model, method, off, n_samples, **kw)
     row["load"] = _run_child("load", model, method, off, n_samples, **kw)
     row["compressed_bytes"] = _size(off)
     row["factors"] = _compare(mem, off)
@@ -253,8 +253,8 @@ def main() -> None:
     ap.add_argument("--sensitivity-ratios", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
                     help="candidate ratios for M+sensitivity methods")
     ap.add_argument("--memory-cap", type=float, default=None,
-                    help="run the offloaded child (and a second in-memory child) under a memory cgroup "
-                         "limit of this fraction of the fp32 checkpoint's bytes, e.g. 0.5 (root, cgroup v1)")
+                    help="run both modes under a memory cgroup limit of this fraction of the fp32 checkpoint's "
+                         "bytes, e.g. 0.5, and record which completes (root, cgroup v1)")
     args = ap.parse_args()
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -262,13 +262,15 @@ def main() -> None:
     for model in args.model:
         for method in args.methods:
             row = measure(model, method, args.n_samples, scratch, args.sensitivity_ratios, args.memory_cap)
-            _add_flops(row, args.n_samples)
             payload["rows"].append(row)
-            if row["offloaded"]["killed"]:
-                print(f"{model} {method}: the offloaded run was killed under the cap of "
-                      f"{row['memory_cap']['bytes'] / 2**20:.0f} MiB ({args.memory_cap}x the checkpoint)", flush=True)
+            if "memory_cap" in row:
+                c = row["memory_cap"]
+                print(f"{model} {method} under a cap of {c['bytes'] / 2**20:.0f} MiB ({args.memory_cap}x the "
+                      f"checkpoint): " + ", ".join(f"{k} {'killed' if c[k]['killed'] else 'completed'}"
+                                                   for k in ("offloaded", "in_memory")), flush=True)
                 write_json(f"offload_{args.tag}.json", payload)
                 continue
+            _add_flops(row, args.n_samples)
             o, i = row["offloaded"], row["in_memory"]
             print(f"{model} {method}: held in-memory {i['held_mb']:.0f} MiB, offloaded {o['held_mb']:.0f} MiB "
                   f"({row['held_over_checkpoint']['offloaded']:.2f}x the checkpoint's "
@@ -276,11 +278,7 @@ def main() -> None:
                   f"({row['time_ratio']:.2f}x); growth {o['growth_mb_per_block']:.1f} MiB/block; factors "
                   f"identical: {row['factors']['identical']}; load {row['load']['held_mb']:.0f} MiB held, "
                   f"{row['load']['seconds']:.1f} s, compressed {row['compressed_bytes'] / 2**20:.0f} MiB", flush=True)
-            if "memory_cap" in row:
-                c = row["memory_cap"]
-                print(f"  under a cap of {c['bytes'] / 2**20:.0f} MiB ({c['fraction_of_checkpoint']}x the checkpoint): "
-                      f"offloaded completed; in memory {'killed' if c['in_memory']['killed'] else 'completed'}",
-                      flush=True)
+
             write_json(f"offload_{args.tag}.json", payload)
     if not any(r["method"] == "svd_llm" for r in payload["rows"]):
         return  # the projection is fitted to svd_llm's constants
