@@ -112,6 +112,17 @@ def _user_errors() -> tuple:
     return tuple(kinds)
 
 
+def _resolve(handler):
+    """A command's handler: a function, or "module:function" of this package, imported only when
+    the command runs (so that --help never imports torch)."""
+    if not isinstance(handler, str):
+        return handler
+    import importlib
+
+    module, _, name = handler.partition(":")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -121,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     where = ["starting"]
     args.step = lambda what: where.__setitem__(0, what)
     try:
-        return args.func(args)
+        return _resolve(args.func)(args)
     except KeyboardInterrupt:
         if debug:
             raise
-        left = args.interrupted(args) if hasattr(args, "interrupted") else ""
+        left = _resolve(args.interrupted)(args) if hasattr(args, "interrupted") else ""
         print(f"svdzip {args.command}: interrupted while {where[0]}" + (f"; {left}" if left else ""),
               file=sys.stderr)
         return 130

@@ -131,16 +131,7 @@ def add_compress(sub) -> None:
                      help="under torchrun: seconds a rank waits for the others at a collective before "
                           "giving up (longer than one block's decomposition)")
     _add_model_options(run)
-    p.set_defaults(func=_run("run_compress"), interrupted=_run("compress_interrupted"))
-
-
-def _run(name: str):
-    """cli_run.<name>, imported when the command runs (not when --help is printed)."""
-    def call(args):
-        from . import cli_run
-
-        return getattr(cli_run, name)(args)
-    return call
+    p.set_defaults(func="cli_run:run_compress", interrupted="cli_run:compress_interrupted")
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -185,7 +176,7 @@ def add_eval(sub) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the checksum check of an svdzip directory's tensor files (also SVDZIP_NO_VERIFY=1)")
     _add_model_options(p)
-    p.set_defaults(func=_run("run_eval"))
+    p.set_defaults(func="cli_run:run_eval")
 
 
 def make_config(args):
