@@ -136,3 +136,19 @@ def test_generate_with_a_static_cache_compiled(tmp_path):
     loaded.forward = torch.compile(loaded.forward, fullgraph=True, backend="eager")
     got = loaded.generate(ids, max_new_tokens=8, do_sample=False, cache_implementation="static")
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_import_svdzip_registers_with_transformers_imported_later(probe):
+    """`import svdzip` before transformers (it imports neither torch nor transformers itself):
+    the registration happens when transformers is imported, even after an availability probe."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.util, svdzip\n"
+            "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
+            + ("assert importlib.util.find_spec('transformers') is not None\n" if probe else "")
+            + "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+              "assert 'svdzip' in CONFIG_MAPPING, 'not registered'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

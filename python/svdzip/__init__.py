@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.util
 import sys
 
 from .version import __version__
@@ -57,18 +58,27 @@ def load_compressed(*args, **kwargs):
 
 
 class _RegisterWithTransformers(importlib.abc.MetaPathFinder):
-    """Runs hf.py's registration right after `transformers` itself has been imported."""
+    """Runs hf.py's registration right after `transformers` itself has been executed. It stays
+    on sys.meta_path until then: a mere find_spec("transformers") (an availability probe, as
+    accelerate and others make) must not use it up."""
+
+    _busy = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "transformers":
+        if fullname != "transformers" or self._busy:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self._busy = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy = False
         if spec is not None and spec.loader is not None:
             run = spec.loader.exec_module
 
             def exec_module(module):
                 run(module)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 importlib.import_module(".hf", __name__)
             spec.loader.exec_module = exec_module
         return spec
@@ -77,8 +87,6 @@ class _RegisterWithTransformers(importlib.abc.MetaPathFinder):
 if "transformers" in sys.modules:
     from . import hf  # noqa: E402,F401 - registers quant_method / model_type "svdzip" with transformers
 elif not any(isinstance(f, _RegisterWithTransformers) for f in sys.meta_path):
-    import importlib.util  # noqa: E402
-
     sys.meta_path.insert(0, _RegisterWithTransformers())
 
 __all__ = ["ops", "compress", "collect_statistics", "calibration_batches", "save_compressed", "load_compressed",
