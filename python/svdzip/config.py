@@ -55,6 +55,9 @@ OBJECTIVES = ("plain", "compensated")
 REFINE_WEIGHTINGS = ("channel", "none")
 _WHITENED = ("whitened", "whitened_eigen")
 GRAM_PRODUCTS = ("fp64", "fp32")
+FACTOR_BITS = (16, 8, 4)           # 16 = the model's own dtype
+BASE_BITS = (0, 2, 3, 4, 8)        # 0 = no quantized base
+GROUP_SIZES = (32, 64, 128, 256)   # the groups torch's int4 kernel takes
 
 
 @dataclass
@@ -109,6 +112,13 @@ class CompressConfig:
                 β = 0 plain whitening on the compressed inputs, β = 1 the full correction
                 (overfits the calibration text); default 0.25, the best measured out of
                 domain on SmolLM2 (docs/findings.md, "Quality beyond the papers")
+    factor_bits, base_bits, group_size
+                bytes (nn/quant_lowrank.py): the pair (A, B) stored in the model's dtype
+                (`factor_bits` 16) or quantized to 8 bits (per row) or 4 bits (groups of
+                `group_size`), B first and A refitted to the quantized B on the Gram; `base_bits`
+                > 0 stores the weight itself round-to-nearest in that many bits (groups of
+                `group_size`) and fits the pair to its error W - deq(Q) (then `ratio` is the
+                share of the dense parameters the correcting pair keeps)
     gram_products
                 precision of each calibration window's xᵀx product: "fp64" (exact to fp64) or
                 "fp32" (about twice as fast on CPU; each window's product is rounded to fp32,
@@ -140,6 +150,9 @@ class CompressConfig:
     refine_holdout: float = 0.125
     refine_seed: int = 0
     refine_weighting: str = "channel"
+    factor_bits: int = 16
+    base_bits: int = 0
+    group_size: int = 128
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -168,6 +181,18 @@ class CompressConfig:
         self._check_allocation()
         self._check_objective()
         self._check_refinement()
+        self._check_quantization()
+
+    def _check_quantization(self) -> None:
+        for name, allowed in (("factor_bits", FACTOR_BITS), ("base_bits", BASE_BITS), ("group_size", GROUP_SIZES)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or v not in allowed:
+                raise ValueError(f"{name} = {v!r} must be one of {allowed}")
+        if (self.factor_bits < 16 or self.base_bits) and self.refine_epochs:
+            raise ValueError("refine_epochs > 0 tunes fp factors; it does not run with factor_bits < 16 or base_bits")
+        if self.base_bits and self.allocation not in ("uniform", "last_blocks"):
+            raise ValueError(f"allocation = {self.allocation!r} prices the weight's own spectrum, not the "
+                             f"spectrum of a quantized base's error: use allocation='uniform' with base_bits")
 
     def _check_refinement(self) -> None:
         if isinstance(self.refine_epochs, bool) or not isinstance(self.refine_epochs, int) or self.refine_epochs < 0:

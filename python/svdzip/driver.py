@@ -160,7 +160,7 @@ def run(source, sink, config: CompressConfig, calibration: torch.Tensor | None, 
     left_dense: list = []
     _, targets = find_targets(source.model, config, left_dense, ratios)
     blocks = by_block(targets)
-    sink.prepare(source, targets)
+    sink.prepare(source, targets, config)
     report = Report(config.method, config.to_dict(), modules=list(sink.modules),
                     model_params_before=count_params(source.model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),

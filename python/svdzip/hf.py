@@ -29,16 +29,15 @@ from .pipeline.outdir import check_output, replace_dir, staging_dir
 
 
 def rank_map(model: nn.Module) -> dict[str, dict]:
-    from .nn import LowRankLinear
+    from .nn import COMPRESSED, spec_of
 
-    return {name: {"rank": m.rank, "in_features": m.in_features, "out_features": m.out_features,
-                   "bias": m.bias is not None}
-            for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
+    return {name: spec_of(m) for name, m in model.named_modules() if isinstance(m, COMPRESSED)}
 
 
 def swap_in_lowrank(model: nn.Module, modules: dict, where, dtype=None) -> None:
-    """Put a meta LowRankLinear in place of each Linear the rank map names (dtype: the Linear's)."""
-    from .nn import LowRankLinear
+    """Put a meta compressed layer (LowRankLinear, QuantLowRankLinear) in place of each Linear
+    the rank map names (dtype: the Linear's)."""
+    from .nn import build
 
     named = dict(model.named_modules())
     for name, spec in modules.items():
@@ -50,8 +49,7 @@ def swap_in_lowrank(model: nn.Module, modules: dict, where, dtype=None) -> None:
         if (old.in_features, old.out_features) != (spec["in_features"], spec["out_features"]):
             raise ValueError(f"{where}: module {name} is {old.out_features}x{old.in_features} in the "
                              f"model but {spec['out_features']}x{spec['in_features']} in the rank map")
-        setattr(parent, attr, LowRankLinear(spec["in_features"], spec["out_features"], spec["rank"],
-                                            spec["bias"], device="meta", dtype=dtype or old.weight.dtype))
+        setattr(parent, attr, build(spec, dtype or old.weight.dtype, "meta"))
 
 
 def check_checkpoint(model: nn.Module, ckpt, where, tied=()) -> None:
@@ -68,13 +66,13 @@ def check_checkpoint(model: nn.Module, ckpt, where, tied=()) -> None:
 
 
 def check_loaded(model: nn.Module, where) -> None:
-    """Every factor is real and finite after loading."""
+    """Every factor, code and scale is real and finite after loading."""
     from .dtypes import all_finite
-    from .nn import LowRankLinear
+    from .nn import COMPRESSED
 
     for name, m in model.named_modules():
-        if isinstance(m, LowRankLinear):
-            for pname, p in m.named_parameters():
+        if isinstance(m, COMPRESSED):
+            for pname, p in [*m.named_parameters(), *m.named_buffers()]:
                 if p.is_meta or not all_finite(p):
                     raise ValueError(f"{where}: {name}.{pname} was not loaded or is not finite")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .nn.compressed import check as check_layer
 from .pipeline import integrity
 from .version import __version__
 
@@ -29,8 +30,10 @@ def check_rank_map(modules, where) -> None:
         raise ValueError(f"{where}: 'modules' (the rank map) is missing or empty")
     for name, spec in modules.items():
         if not isinstance(spec, dict) or not all(isinstance(spec.get(k), int) and spec[k] > 0
-                                                 for k in ("rank", "in_features", "out_features")):
+                                                 for k in ("in_features", "out_features")) \
+                or not isinstance(spec.get("rank"), int) or spec["rank"] < 0:
             raise ValueError(f"{where}: module {name} has an invalid spec {spec}")
+        check_layer(spec, f"{where}: module {name}")
 
 
 def write_meta(directory, architecture: str, dtype: str, report=None) -> None:

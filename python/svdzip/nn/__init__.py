@@ -1,3 +1,7 @@
+from .compressed import COMPRESSED, build, effective_weight, spec_of, stored_bits
 from .lowrank_linear import LowRankLinear
+from .quant_lowrank import QuantLowRankLinear
+from .quant_matrix import QuantMatrix
 
-__all__ = ["LowRankLinear"]
+__all__ = ["COMPRESSED", "LowRankLinear", "QuantLowRankLinear", "QuantMatrix", "build", "effective_weight",
+           "spec_of", "stored_bits"]

@@ -9,8 +9,9 @@ import torch
 from .. import rank
 from ..dtypes import to_storage
 from ..methods import compensated
-from ..nn import LowRankLinear
+from ..nn import build, effective_weight, stored_bits
 from ..report import ModuleReport, Report
+from .quantize import layer_spec, make_layer, quantized_base
 from .walk import Target
 
 
@@ -61,26 +62,24 @@ def apply_blocks(parts: list[tuple[list[Target], dict]], cfg, method, report: Re
             entries += _decompose_and_swap(ts, stats, cfg, method, owned)
     for targets, _ in parts:
         for t in targets:
-            _share_factors(t, owner_of[t.name], group)
+            _share_factors(t, owner_of[t.name], group, cfg)
     by_name = {e.name: e for part in group.gather_objects(entries) for e in part}
     report.modules.extend(by_name[t.name] for targets, _ in parts for t in targets)
 
 
-def _share_factors(t: Target, src: int, group) -> None:
-    """The owner's stored factors to every rank; the others swap them in."""
+def _share_factors(t: Target, src: int, group, cfg) -> None:
+    """The owner's stored layer (factors, codes, scales) to every rank; the others build an
+    empty one from the layer's spec and receive each of its tensors."""
     if src == group.rank:
-        new = getattr(t.parent, t.attr)
-        group.broadcast_(new.A.data, src)
-        group.broadcast_(new.B.data, src)
+        for tensor in getattr(t.parent, t.attr).state_dict().values():
+            group.broadcast_(tensor, src)
         return
     w = t.module.weight
-    m, n = t.shape
-    k = rank.rank_for_ratio(m, n, t.ratio)
-    A = torch.empty(m, k, dtype=w.dtype, device=w.device)
-    B = torch.empty(k, n, dtype=w.dtype, device=w.device)
-    group.broadcast_(A, src)
-    group.broadcast_(B, src)
-    setattr(t.parent, t.attr, LowRankLinear.from_factors(A, B, t.module.bias, dtype=w.dtype))
+    new = build(layer_spec(t.shape, t.ratio, t.module.bias is not None, cfg), w.dtype, w.device)
+    with torch.no_grad():
+        for tensor in new.state_dict().values():
+            group.broadcast_(tensor, src)
+    setattr(t.parent, t.attr, new)
     t.module = None
 
 
@@ -89,7 +88,7 @@ def _prepare(targets, stats: dict, cfg, method, owned: bool):
     weightings, the compensated objective's maps), one weighting per shared input."""
     prepared: dict[str, object] = {}
     maps: dict[str, tuple] = {}  # compensated objective: leader -> (T = C·G̃⁻¹, notes)
-    jobs, keys = [], []
+    jobs, keys, bases = [], [], []
     for t in targets:
         st = stats.get(t.name, {})
         key = st.get("leader", t.name)
@@ -105,11 +104,15 @@ def _prepare(targets, stats: dict, cfg, method, owned: bool):
         # the weight as stored: the methods widen each matrix to fp64 only when they use it, so a
         # block's fp64 copies are not all alive at once (Qwen2.5-0.5B: 120 MB less per block)
         W = t.module.weight.detach()
+        base = quantized_base(W, cfg, t.name)
         if key in maps:  # fit W* = W·C·G̃⁻¹ under the G̃ whitening (methods/compensated.py)
             W = compensated.compensated_weight(W, maps[key][0])
+        if base is not None:  # the pair fits the base's error
+            W = W.double() - base.dequantize(torch.float64)
         jobs.append((W, prepared[key], rank.rank_for_ratio(m, n, t.ratio)))
         keys.append(key)
-    return jobs, keys, prepared, maps
+        bases.append(base)
+    return jobs, keys, prepared, maps, bases
 
 
 def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: bool) -> list[ModuleReport]:
@@ -123,10 +126,11 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
     if not targets:
         return out
     t0 = time.perf_counter()
-    jobs, keys, prepared, maps = _prepare(targets, stats, cfg, method, owned)
+    jobs, keys, prepared, maps, bases = _prepare(targets, stats, cfg, method, owned)
     results = method.decompose_many(jobs, cfg)
     notes = {key: {**_notes(prep), **(maps[key][1] if key in maps else {})} for key, prep in prepared.items()}
     maps = None
+    fitted = [W for W, _, _ in jobs] if cfg.factor_bits < 16 else [None] * len(jobs)
     jobs = [(t.module.weight.detach(), None, k) for t, (_, _, k) in zip(targets, jobs)]  # weightings done
     prepared = None
     shared_s = (time.perf_counter() - t0) / max(len(targets), 1)  # batched: split evenly
@@ -137,20 +141,23 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
         jobs[i] = results[i] = None  # let this module's fp64 copies go once it is swapped in
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise FloatingPointError(f"{t.name}: {cfg.method} produced non-finite factors at rank {k}")
-        AB = A @ B
         dtype = t.module.weight.dtype
-        A, B, balanced = to_storage(A, B, dtype, t.name, float(AB.abs().max()))
-        if torch.finfo(dtype).eps > 1e-4:  # bf16 / fp16: report the error of the stored factors
-            AB = A.to(dtype).double() @ B.to(dtype).double()
-        D = AB.sub_(W).neg_()  # W - A·B, in place of the product (one m x n fp64 buffer)
+        A, B, balanced = to_storage(A, B, dtype, t.name,
+                                    float((A @ B).abs().max()) if dtype == torch.float16 else None)
+        gram = stats.get(t.name, {}).get("gram")
+        spec = layer_spec(t.shape, t.ratio, t.module.bias is not None, cfg)
+        new = make_layer(spec, A, B, bases[i], fitted[i], gram, t.module.bias, dtype, t.name)
+        fitted[i] = bases[i] = None
+        D = effective_weight(new).sub_(W).neg_()  # W - the applied weight (one m x n fp64 buffer)
         m, n = t.shape
         bias = 0 if t.module.bias is None else m
-        new = LowRankLinear.from_factors(A, B, t.module.bias, dtype=dtype)
         setattr(t.parent, t.attr, new)
         t.module = None  # the target list outlives this call: let the dense weight go now
+        extra = {"balanced_split": True} if balanced else {}
+        if "factor_bits" in spec:
+            extra["bits_per_weight"] = stored_bits(new) / (m * n)
         out.append(ModuleReport(
             t.name, (m, n), k, m * n + bias, rank.lowrank_params(m, n, k) + bias,
-            float(D.norm() / W.norm()), _out_error(W, D, stats.get(t.name, {}).get("gram")),
-            {**notes[keys[i]], **({"balanced_split": True} if balanced else {})},
+            float(D.norm() / W.norm()), _out_error(W, D, gram), {**notes[keys[i]], **extra},
             shared_s + time.perf_counter() - t0))
     return out

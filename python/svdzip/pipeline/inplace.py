@@ -15,7 +15,7 @@ class InPlace:
     def scratch(self, name: str) -> None:
         return None
 
-    def prepare(self, source, targets) -> None:
+    def prepare(self, source, targets, config) -> None:
         pass
 
     def params_after(self, source) -> int:

@@ -2,7 +2,8 @@
 
 Group 0 holds everything outside the decoder blocks, group i + 1 block i. The layout of an
 offloaded run is planned from the meta model before any block is compressed: a target's
-`weight` (m x n) becomes `A` (m x k) and `B` (k x n), k from its ratio; everything else keeps
+`weight` becomes the tensors of the layer its spec describes (pipeline/quantize.py layer_spec:
+`A` (m x k) and `B` (k x n), k from its ratio, or codes and scales); everything else keeps
 its shape. Tied tensors (an LM head sharing the embedding) are stored once, under the first name.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import rank
+from ..nn.compressed import entries
+from .quantize import layer_spec
 from .shards import Entry
 
 
@@ -30,27 +32,22 @@ def block_tensors(layer: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     return {prefix + n: t.detach() for n, t in layer.state_dict(keep_vars=True).items()}
 
 
-def planned_block(layer: nn.Module, prefix: str, targets) -> list[Entry]:
+def planned_block(layer: nn.Module, prefix: str, targets, config) -> list[Entry]:
     """Block `layer`'s tensors once its `targets` are compressed (from its meta tensors)."""
     by_weight = {t.name[len(prefix):] + ".weight": t for t in targets}
     out = []
     for name, t in layer.state_dict(keep_vars=True).items():
         target = by_weight.get(name)
         if target is None:
-            out.append(Entry(prefix + name, t.dtype, tuple(t.shape)))
+            if not (name.endswith(".bias") and name.removesuffix(".bias") + ".weight" in by_weight):
+                out.append(Entry(prefix + name, t.dtype, tuple(t.shape)))  # (a target's bias: in its layer)
             continue
-        m, n = target.shape
-        k = rank.rank_for_ratio(m, n, target.ratio)
-        base = prefix + name[: -len(".weight")]
-        out += [Entry(base + ".A", t.dtype, (m, k)), Entry(base + ".B", t.dtype, (k, n))]
+        base = prefix + name[: -len(".weight")] + "."
+        spec = layer_spec(target.shape, target.ratio, target.module.bias is not None, config)
+        out += [Entry(base + n, dtype, shape) for n, dtype, shape in entries(spec, t.dtype)]
     return out
 
 
-def planned_rank_map(targets) -> dict[str, dict]:
-    """svdzip_config.json's rank map for `targets` (as hf.rank_map gives for a live model); config.json carries it."""
-    out = {}
-    for t in targets:
-        m, n = t.shape
-        out[t.name] = {"rank": rank.rank_for_ratio(m, n, t.ratio), "in_features": n, "out_features": m,
-                       "bias": t.module.bias is not None}
-    return out
+def planned_rank_map(targets, config) -> dict[str, dict]:
+    """The rank map for `targets` (as hf.rank_map gives for a live model); config.json carries it."""
+    return {t.name: layer_spec(t.shape, t.ratio, t.module.bias is not None, config) for t in targets}

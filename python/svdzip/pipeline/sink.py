@@ -101,13 +101,13 @@ class ShardSink:
         """A rank's own directory for a pass that spills (removed by the pass, or at the end)."""
         return self.state / (name + (f"-rank{self.group.rank}" if self.group.distributed else ""))
 
-    def prepare(self, source, targets) -> None:
+    def prepare(self, source, targets, config) -> None:
         """The output layout, known once the ratios are: each block's tensors, planned before
         the loop (it lets go of the dense modules); everything outside the blocks written now."""
         resident = resident_tensors(source.model, source.prefixes)
         blocks = by_block(targets)
-        self.rank_map = planned_rank_map(targets)
-        self.open(Plan([group_entries(resident)] + [planned_block(layer, source.prefixes[i], blocks.get(i, []))
+        self.rank_map = planned_rank_map(targets, config)
+        self.open(Plan([group_entries(resident)] + [planned_block(layer, source.prefixes[i], blocks.get(i, []), config)
                                                     for i, layer in enumerate(source.layers)], self.shard_size))
         self.write_resident(resident)
 

@@ -1,0 +1,113 @@
+"""QuantLowRankLinear: y = x·deq(Q)ᵀ + (x·Bᵀ)·Aᵀ + bias.
+
+Q is an optional b-bit base (the quantized weight; `base_bits` 0 = none) and (A, B) a rank-r
+pair, kept in the model's dtype (`factor_bits` 16) or quantized to 8 or 4 bits (QuantMatrix).
+Without a base this is a low-rank layer with quantized factors; with one, A·B corrects the
+base's error. Rank 0 is allowed with a base (plain round-to-nearest, the baseline). The
+module is described by its spec (the rank map entry), from which it is built empty."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quant_matrix import QuantMatrix, check_format, stored_bits
+
+FACTOR_BITS = (16, 8, 4)
+SPEC_KEYS = ("rank", "in_features", "out_features", "bias", "factor_bits", "base_bits", "group_size")
+
+
+def check_spec(spec: dict, where: str) -> None:
+    bits, base, g = spec.get("factor_bits"), spec.get("base_bits"), spec.get("group_size")
+    if bits not in FACTOR_BITS:
+        raise ValueError(f"{where}: factor_bits = {bits!r} must be one of {FACTOR_BITS}")
+    if base != 0:
+        check_format(base, g, f"{where}: base")
+    if bits < 16:
+        check_format(bits, g, f"{where}: factors")
+    r, m, n = spec.get("rank"), spec.get("out_features"), spec.get("in_features")
+    if not (isinstance(r, int) and isinstance(m, int) and isinstance(n, int) and m > 0 and n > 0):
+        raise ValueError(f"{where}: rank / in_features / out_features = {r!r} / {n!r} / {m!r} must be integers")
+    if not (1 if base == 0 else 0) <= r <= min(m, n):
+        raise ValueError(f"{where}: rank = {r} must be in [{1 if base == 0 else 0}, {min(m, n)}] for a {m}x{n} "
+                         f"layer{'' if base else ' without a quantized base'}")
+
+
+class QuantLowRankLinear(nn.Module):
+    def __init__(self, spec: dict, dtype=None, device=None) -> None:
+        super().__init__()
+        check_spec(spec, "QuantLowRankLinear")
+        self.in_features, self.out_features, self.rank = spec["in_features"], spec["out_features"], spec["rank"]
+        self.factor_bits, self.base_bits, self.group_size = spec["factor_bits"], spec["base_bits"], spec["group_size"]
+        m, n, r, kw = self.out_features, self.in_features, self.rank, {"device": device, "dtype": dtype}
+        self.base = QuantMatrix(m, n, self.base_bits, self.group_size, device) if self.base_bits else None
+        if r == 0:
+            self.A = self.B = None
+        elif self.factor_bits == 16:
+            self.A = nn.Parameter(torch.empty(m, r, **kw))
+            self.B = nn.Parameter(torch.empty(r, n, **kw))
+        else:
+            self.A = QuantMatrix(m, r, self.factor_bits, self.group_size, device)
+            self.B = QuantMatrix(r, n, self.factor_bits, self.group_size, device)
+        self.bias = nn.Parameter(torch.empty(m, **kw)) if spec["bias"] else None
+
+    def spec(self) -> dict:
+        return {"rank": self.rank, "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "factor_bits": self.factor_bits, "base_bits": self.base_bits,
+                "group_size": self.group_size}
+
+    @classmethod
+    def from_parts(cls, spec: dict, A, B, base: QuantMatrix | None, bias, dtype, name: str = "module"):
+        """Wrap a computed base and pair (A, B fp tensors; quantized here when factor_bits < 16)."""
+        mod = cls(spec, dtype=dtype, device="meta")
+        mod.base = base
+        if spec["rank"] and spec["factor_bits"] == 16:
+            mod.A, mod.B = nn.Parameter(A.to(dtype)), nn.Parameter(B.to(dtype))
+        elif spec["rank"]:
+            g = spec["group_size"]
+            mod.A = QuantMatrix.from_float(A, spec["factor_bits"], g, f"{name}.A")
+            mod.B = QuantMatrix.from_float(B, spec["factor_bits"], g, f"{name}.B")
+        mod.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype).clone())
+        return mod
+
+    def factors(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A, B) as stored (dequantised), or None at rank 0."""
+        if self.rank == 0:
+            return None
+        if self.factor_bits == 16:
+            return self.A.detach().to(dtype), self.B.detach().to(dtype)
+        return self.A.dequantize(dtype), self.B.dequantize(dtype)
+
+    def effective_weight(self, dtype=torch.float64) -> torch.Tensor:
+        """deq(Q) + A·B: the weight this layer applies (the reported errors use it)."""
+        W = self.base.dequantize(dtype) if self.base is not None else \
+            torch.zeros(self.out_features, self.in_features, dtype=dtype)
+        pair = self.factors(dtype)
+        return W if pair is None else W.addmm_(*pair)
+
+    def stored_bits(self) -> int:
+        """Bits of the stored weight (codes, scales, factors; not the bias)."""
+        m, n, r = self.out_features, self.in_features, self.rank
+        total = stored_bits(m, n, self.base_bits, self.group_size) if self.base_bits else 0
+        if r and self.factor_bits == 16:
+            total += (m + n) * r * torch.finfo(self.A.dtype).bits
+        elif r:
+            total += stored_bits(m, r, self.factor_bits, self.group_size) + \
+                stored_bits(r, n, self.factor_bits, self.group_size)
+        return total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = None
+        if self.rank:
+            h = self.B(x) if self.factor_bits < 16 else F.linear(x, self.B)
+            y = self.A(h) if self.factor_bits < 16 else F.linear(h, self.A)
+        if self.base is not None:
+            y = self.base(x) if y is None else y.add_(self.base(x))
+        return y if self.bias is None else y.add_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"factor_bits={self.factor_bits}, base_bits={self.base_bits}, group_size={self.group_size}, "
+                f"bias={self.bias is not None}")
+

@@ -1,0 +1,58 @@
+"""Bytes: the layer a target becomes when its factors or its weight are quantized.
+
+- `layer_spec`: the rank map entry of a target under a config (the plain four keys unless
+  factor_bits < 16 or base_bits > 0), from which offloaded runs plan their layout and
+  distributed ranks build the layers they receive.
+- `quantized_base`: Q = RTN(W) in base_bits; the method then fits the pair to W - deq(Q) (its
+  own weighting: for svd_llm the activation-whitened truncation of the base's error).
+- `make_layer`: the pair as stored. Quantized factors are error-aware: B is quantized first and
+  A refitted to it on the Gram, A = W·G·B̂ᵀ(B̂·G·B̂ᵀ)⁻¹, the least-squares answer to
+  min ‖(W - A·B̂)·Xᵀ‖ (tests/test_quant.py measures it against quantizing both as they come).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import rank
+from ..nn import LowRankLinear, QuantLowRankLinear, QuantMatrix
+
+
+def quantizes(cfg) -> bool:
+    return cfg.factor_bits < 16 or cfg.base_bits > 0
+
+
+def layer_spec(shape, ratio: float, bias: bool, cfg) -> dict:
+    m, n = shape
+    spec = {"rank": rank.rank_for_ratio(m, n, ratio), "in_features": n, "out_features": m, "bias": bias}
+    if quantizes(cfg):
+        spec.update(factor_bits=cfg.factor_bits, base_bits=cfg.base_bits, group_size=cfg.group_size)
+    return spec
+
+
+def quantized_base(W: torch.Tensor, cfg, name: str) -> QuantMatrix | None:
+    return QuantMatrix.from_float(W, cfg.base_bits, cfg.group_size, name) if cfg.base_bits else None
+
+
+def refit_left(W: torch.Tensor, B: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """argmin_A ‖(W - A·B)·Xᵀ‖_F with G = XᵀX: A = W·G·Bᵀ (B·G·Bᵀ)⁻¹ (fp64; a tiny ridge keeps
+    a rank-deficient B·G·Bᵀ solvable)."""
+    G = gram.double()
+    Bd = B.double()
+    GBt = G @ Bd.T
+    M = Bd @ GBt
+    M.diagonal().add_(1e-10 * float(M.diagonal().abs().max().clamp_min(1e-300)))
+    return torch.linalg.solve(M, (W.double() @ GBt).T).T
+
+
+def make_layer(spec: dict, A: torch.Tensor, B: torch.Tensor, base: QuantMatrix | None, fitted: torch.Tensor,
+               gram: torch.Tensor | None, bias, dtype, name: str):
+    """The stored layer for factors (A, B) of `fitted` (the matrix the pair approximates)."""
+    if "factor_bits" not in spec:
+        return LowRankLinear.from_factors(A, B, bias, dtype=dtype)
+    if spec["factor_bits"] < 16 and gram is not None:
+        B_hat = QuantMatrix.from_float(B, spec["factor_bits"], spec["group_size"], f"{name}.B").dequantize(torch.float64)
+        A = refit_left(fitted, B_hat, gram)
+        if not torch.isfinite(A).all():
+            raise FloatingPointError(f"{name}: refitting A to the quantized B gave non-finite values")
+    return QuantLowRankLinear.from_parts(spec, A, B, base, bias, dtype, name)
