@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from .cli_checks import UsageError, positive_int, window_length
-from .config import (ALLOCATIONS, CONFIGS, GRAM_PRODUCTS, LOSS_IMPORTANCES, OBJECTIVES, RECIPES, REFINE_WEIGHTINGS,
+from .config import (ALLOCATIONS, BASE_BITS, CONFIGS, FACTOR_BITS, GRAM_PRODUCTS, GROUP_SIZES, LOSS_IMPORTANCES, OBJECTIVES, RECIPES, REFINE_WEIGHTINGS,
                      WEIGHTINGS, CompressConfig, method_name)
 
 
@@ -37,6 +37,17 @@ CONFIG_FLAGS = {
     "refine_lr": ("refinement learning rate", float, None),
     "refine_weighting": ("refinement error: per-channel standardised (channel) or plain MSE (none)", str,
                          REFINE_WEIGHTINGS),
+}
+QUANT_FLAGS = {  # bytes: docs/usage.md "Bytes"
+    "factor_bits": ("store the factors A, B in 8 bits (per row) or 4 bits (groups of --group-size), run by "
+                    "torch's integer kernels; 16 = the model's dtype", int, FACTOR_BITS),
+    "base_bits": ("also store the weight itself round-to-nearest in this many bits and fit the factors to "
+                  "its error (then --ratio is the share the correcting factors keep, e.g. 0.05); 0 = none",
+                  int, BASE_BITS),
+    "group_size": ("columns per quantization group below 8 bits", int, GROUP_SIZES),
+    "base_from": ("use the quantized weights of this compressed-tensors checkpoint (llm-compressor's GPTQ, "
+                  "symmetric 2-4 bit groups) as the base and fit the factors to its error; --base-bits and "
+                  "--group-size default to the checkpoint's", str, None),
 }
 METHOD_FLAGS = {  # fields of some methods only: (help, type, choices)
     "alpha": ("asvd: exponent of the channel scaling", float, None),
@@ -92,6 +103,7 @@ def add_compress(sub) -> None:
     what.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
     defaults = _defaults()
     _add_fields(p.add_argument_group("allocation, objective, refinement"), CONFIG_FLAGS, defaults)
+    _add_fields(p.add_argument_group("bytes: quantized factors, quantized base"), QUANT_FLAGS, defaults)
     _add_fields(p.add_argument_group("method options"), METHOD_FLAGS, defaults)
     calib = p.add_argument_group("calibration")
     calib.add_argument("--calib", default="wiki",
@@ -189,7 +201,7 @@ def make_config(args):
     base = {k: v for k, v in base.items() if k in fields}
     kw = {**base, "ratio": args.ratio, "sequential": args.sequential or base.get("sequential", False),
           "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
-    for flag in CONFIG_FLAGS:
+    for flag in (*CONFIG_FLAGS, *QUANT_FLAGS):
         if getattr(args, flag, None) is not None:
             kw[flag] = getattr(args, flag)
     for flag in METHOD_FLAGS:
@@ -199,6 +211,17 @@ def make_config(args):
         if flag not in fields:
             raise UsageError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
         kw[flag] = value
+    if kw.get("base_from"):  # the checkpoint's own format, unless given (and then checked against it)
+        from .pipeline.ctbase import checkpoint_format
+        try:
+            bits, group = checkpoint_format(kw["base_from"])
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--base-from: {exc}") from None
+        kw.setdefault("base_bits", bits)
+        kw.setdefault("group_size", group)
+        if (kw["base_bits"], kw["group_size"]) != (bits, group):
+            raise UsageError(f"--base-from {kw['base_from']} holds {bits}-bit weights in groups of {group}, "
+                             f"not --base-bits {kw['base_bits']} --group-size {kw['group_size']}")
     try:
         return cls(**kw)
     except ValueError as exc:  # "ratio = 0.0 must be ..." -> "--ratio: ratio = 0.0 must be ..."

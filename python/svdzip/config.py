@@ -119,6 +119,9 @@ class CompressConfig:
                 > 0 stores the weight itself round-to-nearest in that many bits (groups of
                 `group_size`) and fits the pair to its error W - deq(Q) (then `ratio` is the
                 share of the dense parameters the correcting pair keeps)
+    base_from   a compressed-tensors checkpoint (llm-compressor, e.g. GPTQ) whose quantized
+                weights are the base instead of svdzip's RTN (pipeline/ctbase.py); base_bits and
+                group_size must be the checkpoint's
     gram_products
                 precision of each calibration window's xᵀx product: "fp64" (exact to fp64) or
                 "fp32" (about twice as fast on CPU; each window's product is rounded to fp32,
@@ -153,6 +156,7 @@ class CompressConfig:
     factor_bits: int = 16
     base_bits: int = 0
     group_size: int = 128
+    base_from: str | None = None
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -188,6 +192,8 @@ class CompressConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or v not in allowed:
                 raise ValueError(f"{name} = {v!r} must be one of {allowed}")
+        if self.base_from is not None and (not isinstance(self.base_from, str) or not self.base_bits):
+            raise ValueError(f"base_from = {self.base_from!r} must be a directory, with base_bits set to its bits")
         if (self.factor_bits < 16 or self.base_bits) and self.refine_epochs:
             raise ValueError("refine_epochs > 0 tunes fp factors; it does not run with factor_bits < 16 or base_bits")
         if self.base_bits and self.allocation not in ("uniform", "last_blocks"):

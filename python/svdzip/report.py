@@ -68,6 +68,13 @@ class Report:
                  fallbacks=self.fallbacks())
         return d
 
+    def bits_per_weight(self) -> float | None:
+        """Stored bits over targeted weights (quantized runs: the modules report their bits)."""
+        if not self.modules or any("bits_per_weight" not in m.notes for m in self.modules):
+            return None
+        weights = [m.shape[0] * m.shape[1] for m in self.modules]
+        return sum(m.notes["bits_per_weight"] * w for m, w in zip(self.modules, weights)) / sum(weights)
+
     def summary(self, per_module: bool = False) -> str:
         lines = []
         if per_module:
@@ -92,6 +99,10 @@ class Report:
             f"whitening fallbacks: {len(fb)} modules" + (f" ({sorted(set(fb.values()))})" if fb else "") +
             (" - see the warning below" if fb and self.warnings else ""),
         ]
+        bits = self.bits_per_weight()
+        if bits is not None:
+            lines.append(f"bytes: {bits:.3f} bits per targeted weight on average (codes, scales and factors; "
+                         f"{self.config.get('base_bits') or 'no'}-bit base, {self.config.get('factor_bits')}-bit factors)")
         lines += [f"warning: {w}" for w in self.warnings]
         if self.distributed:
             d = self.distributed

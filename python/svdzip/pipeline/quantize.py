@@ -3,7 +3,7 @@
 - `layer_spec`: the rank map entry of a target under a config (the plain four keys unless
   factor_bits < 16 or base_bits > 0), from which offloaded runs plan their layout and
   distributed ranks build the layers they receive.
-- `quantized_base`: Q = RTN(W) in base_bits; the method then fits the pair to W - deq(Q) (its
+- `quantized_base`: Q = RTN(W) in base_bits, or the user's GPTQ weight (`base_from`, ctbase.py); the method then fits the pair to W - deq(Q) (its
   own weighting: for svd_llm the activation-whitened truncation of the base's error).
 - `make_layer`: the pair as stored. Quantized factors are error-aware: B is quantized first and
   A refitted to it on the Gram, A = W·G·B̂ᵀ(B̂·G·B̂ᵀ)⁻¹, the least-squares answer to
@@ -16,6 +16,7 @@ import torch
 
 from .. import rank
 from ..nn import LowRankLinear, QuantLowRankLinear, QuantMatrix
+from .ctbase import read_base
 
 
 def quantizes(cfg) -> bool:
@@ -31,6 +32,9 @@ def layer_spec(shape, ratio: float, bias: bool, cfg) -> dict:
 
 
 def quantized_base(W: torch.Tensor, cfg, name: str) -> QuantMatrix | None:
+    """RTN of W, or module `name`'s weight in the user's compressed-tensors checkpoint."""
+    if cfg.base_from:
+        return read_base(cfg.base_from, name, tuple(W.shape), cfg.base_bits, cfg.group_size)
     return QuantMatrix.from_float(W, cfg.base_bits, cfg.group_size, name) if cfg.base_bits else None
 
 
