@@ -233,3 +233,26 @@ def test_a_checkpoint_of_another_format_is_refused_by_name(tmp_path):
     (bad / "config.json").write_text(text.replace('"pack-quantized"', '"marlin-24"'))
     with pytest.raises(ValueError, match="format 'marlin-24' is not supported"):
         checkpoint_format(bad)
+
+
+@pytest.mark.parametrize("factor_bits", [b for b in FACTOR_BITS if b < 16])
+@pytest.mark.parametrize("base_bits", [0, 3])
+@pytest.mark.parametrize("rank", [1, 19, 48])
+def test_low_rank_kernel_path_equals_the_dequantised_layer(factor_bits, base_bits, rank):
+    gen = torch.Generator().manual_seed(rank)
+    m, n = 80, 96
+    W = torch.randn(m, n, generator=gen)
+    spec = {"rank": rank, "in_features": n, "out_features": m, "bias": True, "factor_bits": factor_bits,
+            "base_bits": base_bits, "group_size": 32}
+    base = QuantMatrix.from_float(W, base_bits, 32) if base_bits else None
+    A, B = torch.randn(m, rank, generator=gen), torch.randn(rank, n, generator=gen)
+    layer = QuantLowRankLinear.from_parts(spec, A, B, base, torch.randn(m, generator=gen), torch.float32)
+    x = torch.randn(2, 7, n, generator=gen)
+    with torch.no_grad():
+        y = layer(x)
+    ref = x.double() @ layer.effective_weight().T + layer.bias.double()
+    assert y.shape == (2, 7, m) and y.dtype == torch.float32
+    assert float((y.double() - ref).norm() / ref.norm()) < 1e-2  # bf16 activations between the kernels
+    x.requires_grad_(True)
+    y_ref_path = layer(x)  # autograd: the dequantised reference path
+    assert float((y_ref_path.double() - ref).norm() / ref.norm()) < 1e-6

@@ -18,6 +18,8 @@ rebuilt if they change. Other devices run the dequantised reference (F.linear), 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,7 +88,10 @@ class QuantMatrix(nn.Module):
         hi = F.pad(Wd, (0, pad), value=float("-inf")).view(q.rows, groups, group_size).amax(-1)
         offset = _fp16(lo, name)
         scale = _fp16((hi - offset.double()) / ((1 << bits) - 1), name)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        # a constant group (codes all 0) still needs a scale: one small beside its value, so that the
+        # kernel's bf16 zero (offset + 2^(b-1)·scale) keeps the offset's precision; 1 for a zero group
+        flat = (offset.double().abs() / 256).to(torch.float16)
+        scale = torch.where(scale > 0, scale, torch.where(flat > 0, flat, torch.ones_like(flat)))
         expand = lambda t: t.double().repeat_interleave(group_size, 1)[:, : q.cols]  # noqa: E731
         codes = ((Wd - expand(offset)) / expand(scale)).round().clamp(0, (1 << bits) - 1)
         q.codes.copy_(packing.pack(codes, bits))
@@ -103,34 +108,42 @@ class QuantMatrix(nn.Module):
         return codes * expand(self.scale) + expand(self.offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or torch.is_grad_enabled() and x.requires_grad:
+        if not self.runs_kernel(x):
             return F.linear(x, self.dequantize(x.dtype))
-        weight, scales, cols = self._kernel_tensors()
+        mm, cols = self.kernel()
         flat = x.reshape(-1, self.cols).to(torch.bfloat16)
         if cols != self.cols:
             flat = F.pad(flat, (0, cols - self.cols))
-        if self.bits == 8:
-            y = torch._weight_int8pack_mm(flat, weight, scales)
-        else:
-            y = torch._weight_int4pack_mm_for_cpu(flat, weight, self.group_size, scales)[:, : self.rows]
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.rows)
+        return mm(flat)[:, : self.rows].to(x.dtype).reshape(*x.shape[:-1], self.rows)
 
-    def _kernel_tensors(self):
-        key = (self.codes.data_ptr(), self.codes._version, self.scale._version,
-               None if self.offset is None else self.offset._version)
+    def runs_kernel(self, x: torch.Tensor) -> bool:
+        """The integer kernel serves CPU inference; autograd, other devices and `reference_math()`
+        get the reference (the dequantised weight in the activations' dtype)."""
+        return x.device.type == "cpu" and not _REFERENCE[0] and not (torch.is_grad_enabled() and x.requires_grad)
+
+    def kernel(self):
+        """(mm, cols): mm maps bf16 [M, cols] (the input zero-padded to what the kernel reads) to
+        bf16 [M, rows padded to 16], whose padded outputs are exactly 0 (they can be the next
+        kernel's zero padding). Built on first use, rebuilt when the stored tensors change."""
+        b = self._buffers
+        offset = b.get("offset")
+        key = (id(b["codes"]), b["codes"]._version, id(b["scale"]), b["scale"]._version,
+               None if offset is None else (id(offset), offset._version))
         if self._kernel is None or self._kernel[0] != key:
-            self._kernel = (key, self._build_kernel_tensors())
+            self._kernel = (key, self._build_kernel())
         return self._kernel[1]
 
-    def _build_kernel_tensors(self):
+    def _build_kernel(self):
+        rows = -(-self.rows // 16) * 16
         if self.bits == 8:  # the int8 kernel reads K in steps of 16 (else wrong results or a crash)
             cols = -(-self.cols // 16) * 16
-            codes = self.codes if cols == self.cols else F.pad(self.codes, (0, cols - self.cols))
+            codes = F.pad(self.codes, (0, cols - self.cols, 0, rows - self.rows)) \
+                if (rows, cols) != (self.rows, self.cols) else self.codes
             if codes.data_ptr() % 64:  # tensors read from a file can sit anywhere: the kernel crashed on those
                 codes = codes.clone()
-            return codes, self.scale.to(torch.bfloat16).clone(), cols
+            scales = F.pad(self.scale.float(), (0, rows - self.rows), value=1.0).to(torch.bfloat16)
+            return (lambda a: torch._weight_int8pack_mm(a, codes, scales)), cols
         g = self.group_size
-        rows = -(-self.rows // 16) * 16
         cols = group_count(self.cols, g) * g
         # the kernel computes (code - 8) · scale + zero: codes below 4 bits are centred on 8 so that
         # zero is the group's middle, not its bottom + 8 scales (bf16 would round that coarsely)
@@ -139,12 +152,28 @@ class QuantMatrix(nn.Module):
         codes = F.pad(codes, (0, cols - self.cols, 0, rows - self.rows), value=8)
         packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
         scale = F.pad(self.scale.float(), (0, 0, 0, rows - self.rows), value=1.0)
-        zero = F.pad(self.offset.float(), (0, 0, 0, rows - self.rows)) + half * scale
+        zero = F.pad(self.offset.float() + half * self.scale.float(), (0, 0, 0, rows - self.rows))  # padded rows: 0
         scales_zeros = torch.stack([scale.t(), zero.t()], -1).to(torch.bfloat16).contiguous()
-        return packed, scales_zeros, cols
+        return (lambda a: torch._weight_int4pack_mm_for_cpu(a, packed, g, scales_zeros)), cols
 
     def extra_repr(self) -> str:
         return f"rows={self.rows}, cols={self.cols}, bits={self.bits}, group_size={self.group_size}"
+
+
+_REFERENCE = [False]
+
+
+@contextlib.contextmanager
+def reference_math():
+    """Inside, quantized layers compute with their dequantised weights in the activations' dtype
+    instead of the bf16-activation kernels: the quantized model's own quality, apart from the
+    kernels' rounding (bench_bytes.py reports both)."""
+    before = _REFERENCE[0]
+    _REFERENCE[0] = True
+    try:
+        yield
+    finally:
+        _REFERENCE[0] = before
 
 
 def _fp16(t: torch.Tensor, name: str) -> torch.Tensor:
