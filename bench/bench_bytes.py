@@ -11,9 +11,10 @@ Rows (targets: every Linear in the decoder blocks; group 128 below 8 bits):
                                 the largest of 64, 32 that divides every target's columns where 128 does not
                                 (llm-compressor 0.14 refuses a partial group: SmolLM2's 576 columns -> 64)
   lr:RECIPE:RATIO:FACTOR_BITS   low-rank at kept RATIO, factors in 16 (the model's dtype), 8 or 4 bits
-  corr:RECIPE:BASE:RATIO:FACTOR_BITS
-                                RTN base in BASE bits + the pair fitted to its error, RATIO of the dense
-                                parameters in the pair
+  corr:RECIPE:BASE:RATIO:FACTOR_BITS[:gptq]
+                                svdzip's base in BASE bits (round to nearest, or its own GPTQ on the Gram
+                                with :gptq) + the pair fitted to its error, RATIO of the dense parameters
+                                in the pair
   gcorr:RECIPE:BASE:RATIO:FACTOR_BITS
                                 the same on the GPTQ checkpoint of the gptq:BASE row (run it first): what
                                 a user who brings an llm-compressor model gets (--base-from)
@@ -72,9 +73,9 @@ def _quantize_only(model, bits: int, group: int, base_of) -> None:
 
 
 def _config(recipe: str, ratio: float, factor_bits: int, base_bits: int = 0, base_from: str | None = None,
-            group_size: int = 128):
+            group_size: int = 128, base_method: str = "rtn"):
     kw = {"ratio": ratio, "factor_bits": factor_bits, "base_bits": base_bits, "base_from": base_from,
-          "group_size": group_size}
+          "group_size": group_size, "base_method": base_method}
     if recipe == "best":
         return sz.recipe("best", **kw, **({"allocation": "uniform"} if base_bits else {}))
     return sz.SVDLLMConfig(**kw)
@@ -169,7 +170,8 @@ def main() -> None:
                 ct = str(Path(work) / f"gptq{p[1]}" / "ct") if kind == "gcorr" else None  # the gptq row's
                 if ct and not Path(ct).is_dir():
                     raise SystemExit(f"row {spec!r} needs the row gptq:{p[1]} before it")
-                cfg = _config(p[0], float(p[2]), int(p[3]), int(p[1]), ct, group if ct else 128)
+                cfg = _config(p[0], float(p[2]), int(p[3]), int(p[1]), ct, group if ct else 128,
+                              p[4] if len(p) > 4 else "rtn")
                 sz.compress(m, cfg, calib, progress=False)
             else:
                 raise SystemExit(f"row {spec!r}: unknown kind {kind!r}")

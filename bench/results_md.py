@@ -172,6 +172,48 @@ def plot() -> None:
     fig.savefig(PLOT, dpi=110)
 
 
+FAMILIES = {"rtn": "RTN (svdzip)", "gptq": "GPTQ (llm-compressor)", "lr": "svdzip low-rank",
+            "corr": "svdzip RTN base + correction", "corr+gptq": "svdzip GPTQ base + correction",
+            "gcorr": "llm-compressor GPTQ base + svdzip correction"}
+
+
+def family(row: str) -> str:
+    kind = row.split(":")[0]
+    return kind + "+gptq" if kind == "corr" and row.endswith(":gptq") else kind
+
+
+def plot_bytes() -> list[Path]:
+    """docs/bytes_<model>.png: perplexity against stored bits per weight, one marker per family
+    (bench_bytes.py's row kinds), the dense model as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for f in sorted(RESULTS.glob("bytes_*.json")):
+        data = json.loads(f.read_text())
+        rows = data["rows"]
+        dense = next((r for r in rows if r["row"] == "dense"), None)
+        texts = list(rows[0]["ppl"])[:2]
+        fig, axes = plt.subplots(1, len(texts), figsize=(4.6 * len(texts), 3.6))
+        for ax, text in zip(axes, texts):
+            for kind, label in FAMILIES.items():
+                sel = sorted((r for r in rows if family(r["row"]) == kind), key=lambda r: r["bits_per_weight"])
+                if sel:
+                    ax.plot([r["bits_per_weight"] for r in sel], [r["ppl"][text] for r in sel], "o-", label=label, ms=4)
+            if dense:
+                ax.axhline(dense["ppl"][text], color="k", lw=1, ls="--", label="dense fp32 (32 bits)")
+            ax.set(xlabel="stored bits per targeted weight", ylabel=f"{text} perplexity", yscale="log",
+                   title=f"{data['model']}: {text} (lower is better)")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        out = ROOT / "docs" / f"{f.stem}.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="compare instead of writing")
@@ -186,7 +228,8 @@ def main(argv=None) -> int:
     DOC.write_text(doc)
     README.write_text(readme)
     plot()
-    print(f"wrote {DOC}, the README headline and {PLOT}")
+    extra = plot_bytes()
+    print(f"wrote {DOC}, the README headline, {PLOT}" + "".join(f", {p}" for p in extra))
     return 0
 
 

@@ -256,3 +256,68 @@ def test_low_rank_kernel_path_equals_the_dequantised_layer(factor_bits, base_bit
     x.requires_grad_(True)
     y_ref_path = layer(x)  # autograd: the dequantised reference path
     assert float((y_ref_path.double() - ref).norm() / ref.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("factor_bits,base_bits,bits", [(8, 0, 4.0), (8, 3, 4.6), (16, 4, 6.0), (4, 0, 2.5)])
+def test_a_byte_budget_is_met_by_the_largest_ratio_that_fits(factor_bits, base_bits, bits):
+    from svdzip.pipeline.quantize import ratio_for_bits
+    from svdzip.pipeline.walk import find_targets
+
+    model = tiny("qwen2")
+    cfg = SVDLLMConfig(bits=bits, factor_bits=factor_bits, base_bits=base_bits, group_size=32)
+    rep = sz.compress(model, cfg, calib(), progress=False)
+    assert rep.bits_per_weight() <= bits
+    assert rep.config["bits"] == bits and cfg.ratio == 0.8  # the caller's config is not rewritten
+    # one step more in ratio would not fit: the budget is used, not just respected
+    _, targets = find_targets(tiny("qwen2"), cfg)
+    r = ratio_for_bits(targets, cfg, torch.float32)
+    assert r == pytest.approx(rep.config["ratio"])
+    from svdzip.pipeline.quantize import layer_spec, stored_bits_of
+    weights = sum(t.shape[0] * t.shape[1] for t in targets)
+    at = lambda ratio: sum(stored_bits_of(layer_spec(t.shape, ratio, t.module.bias is not None, cfg), torch.float32)  # noqa: E731
+                           for t in targets) / weights
+    assert at(r) <= bits < at(min(1.0, r * 1.05)) or r == 1.0
+
+
+def test_a_byte_budget_below_rank_one_is_refused_with_the_minimum():
+    with pytest.raises(ValueError, match=r"bits = 3.1 is below the least these targets can store: "
+                                         r"\d\.\d+ bits per weight at rank 1 on a 3-bit base"):
+        sz.compress(tiny("llama"), SVDLLMConfig(bits=3.1, base_bits=3, factor_bits=8, group_size=32), calib(),
+                    progress=False)
+    with pytest.raises(ValueError, match="bits = 0"):
+        SVDLLMConfig(bits=0)
+    with pytest.raises(ValueError, match="overrides or last-blocks"):
+        SVDLLMConfig(bits=4, overrides={"*q_proj": 0.5})
+
+
+def test_cli_takes_one_budget(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "svdzip", "compress", "smollm2-135m", str(tmp_path / "o"),
+                        "--ratio", "0.5", "--bits", "4"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--ratio and --bits are two budgets" in r.stderr
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_gptq_base_has_a_lower_output_error_than_rounding(bits):
+    from svdzip.nn.gptq import gptq_quantize
+
+    W, X, stats = _whitened_problem(2, m=40, n=160)
+    out_err = lambda D: float(torch.linalg.norm(D @ X.T))  # noqa: E731
+    rtn = QuantMatrix.from_float(W, bits, 32).dequantize(torch.float64)
+    q = gptq_quantize(W, stats["gram"], bits, 32)
+    gptq = q.dequantize(torch.float64)
+    assert out_err(W - gptq) < 0.9 * out_err(W - rtn)
+    with torch.no_grad():  # the same format: the kernels run it
+        x = torch.randn(3, 160, dtype=torch.float32)
+        assert torch.allclose(q(x).double(), x.double() @ gptq.T, rtol=3e-2, atol=3e-2 * float(gptq.abs().max()))
+
+
+def test_gptq_base_in_the_pipeline_beats_rtn_base():
+    def run(method):
+        model = tiny("llama", 2)
+        cfg = SVDLLMConfig(ratio=0.05, base_bits=3, base_method=method, factor_bits=8, group_size=32)
+        return sz.compress(model, cfg, calib(8, 32), progress=False)
+    rtn, gptq = run("rtn"), run("gptq")
+    mean = lambda rep: sum(m.out_rel_error for m in rep.modules) / len(rep.modules)  # noqa: E731
+    assert mean(gptq) < mean(rtn)
+    with pytest.raises(ValueError, match="base_method = 'gptq' rounds svdzip's own base"):
+        SVDLLMConfig(base_method="gptq")

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from .cli_checks import UsageError, positive_int, window_length
-from .config import (ALLOCATIONS, BASE_BITS, CONFIGS, FACTOR_BITS, GRAM_PRODUCTS, GROUP_SIZES, LOSS_IMPORTANCES, OBJECTIVES, RECIPES, REFINE_WEIGHTINGS,
+from .config import (ALLOCATIONS, BASE_BITS, BASE_METHODS, CONFIGS, FACTOR_BITS, GRAM_PRODUCTS, GROUP_SIZES, LOSS_IMPORTANCES, OBJECTIVES, RECIPES, REFINE_WEIGHTINGS,
                      WEIGHTINGS, CompressConfig, method_name)
 
 
@@ -44,7 +44,11 @@ QUANT_FLAGS = {  # bytes: docs/usage.md "Bytes"
     "base_bits": ("also store the weight itself round-to-nearest in this many bits and fit the factors to "
                   "its error (then --ratio is the share the correcting factors keep, e.g. 0.05); 0 = none",
                   int, BASE_BITS),
+    "base_method": ("--base-bits: round the base to nearest (rtn) or by GPTQ on the layer's input Gram (gptq)",
+                    str, BASE_METHODS),
     "group_size": ("columns per quantization group below 8 bits", int, GROUP_SIZES),
+    "bits": ("a byte budget instead of --ratio: average bits per targeted weight as stored (codes, scales, "
+             "factors), e.g. 4.25; the largest uniform ratio that fits is used", float, None),
     "base_from": ("use the quantized weights of this compressed-tensors checkpoint (llm-compressor's GPTQ, "
                   "symmetric 2-4 bit groups) as the base and fit the factors to its error; --base-bits and "
                   "--group-size default to the checkpoint's", str, None),
@@ -97,7 +101,8 @@ def add_compress(sub) -> None:
                       help=f"one of {', '.join(sorted(CONFIGS))} (default nsvd; SVD-LLM and svd-llm name svd_llm)")
     what.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                       help="a named combination of options (docs/usage.md 'Recipes'); flags given explicitly win")
-    what.add_argument("--ratio", type=float, default=0.8, help="kept fraction of targeted parameters, in (0, 1]")
+    what.add_argument("--ratio", type=float, default=None,
+                      help="kept fraction of targeted parameters, in (0, 1] (default 0.8; not with --bits)")
     what.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
     what.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
     what.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
@@ -199,7 +204,10 @@ def make_config(args):
     fields = {f for f in cls.__dataclass_fields__}
     # --method overriding the recipe's: the recipe's fields of its own method (nsvd's stage2) drop out
     base = {k: v for k, v in base.items() if k in fields}
-    kw = {**base, "ratio": args.ratio, "sequential": args.sequential or base.get("sequential", False),
+    if args.ratio is not None and getattr(args, "bits", None) is not None:
+        raise UsageError("--ratio and --bits are two budgets: give one (--bits derives the ratio)")
+    kw = {**base, "ratio": 0.8 if args.ratio is None else args.ratio,
+          "sequential": args.sequential or base.get("sequential", False),
           "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
     for flag in (*CONFIG_FLAGS, *QUANT_FLAGS):
         if getattr(args, flag, None) is not None:

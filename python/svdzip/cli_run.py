@@ -20,7 +20,8 @@ def _out_of_the_way(args, path: Path) -> None:
     from .pipeline.outdir import check_output
 
     check_output(args.out, [path], args.overwrite)
-    note = checks.disk_space(args.out, path, args.ratio, None if args.dtype == "auto" else args.dtype)
+    note = checks.disk_space(args.out, path, 1.0 if args.ratio is None else args.ratio,
+                             None if args.dtype == "auto" else args.dtype)
     if note:
         warnings.warn(note, stacklevel=2)
 
@@ -104,10 +105,10 @@ def _run_in_memory(args, cfg, path, device, group) -> int:
             out = io.save_compressed(model, args.out, tokenizer=tok, report=report, shard_size=args.shard_size,
                                      overwrite=args.overwrite)
     result["report"] = report.to_dict()
+    result["ratio"] = report.config["ratio"]  # with --bits: the ratio derived from the byte budget
     if sets:
         step(f"evaluating the compressed model (saved in {out})")
-        result["compressed_ppl"] = _ppl(model, tok, sets, args, bos, f"compressed ppl ({cfg.method}, ratio "
-                                                                       f"{cfg.ratio} kept)")
+        result["compressed_ppl"] = _ppl(model, tok, sets, args, bos, _label(cfg, report))
     return _finish(args, result, out, t0, group)
 
 
@@ -145,16 +146,21 @@ def _run_offloaded(args, cfg, path, device, group) -> int:
                                  trial_memory=args.trial_memory, calibration_info=calib_info,
                                  overwrite=args.overwrite)
     print(report.summary(per_module=args.per_module))
-    result = {"model": args.model, "method": cfg.method, "ratio": cfg.ratio, "dtype": report.dtype,
+    result = {"model": args.model, "method": cfg.method, "ratio": report.config["ratio"], "dtype": report.dtype,
               "offload": True, "report": report.to_dict()}
     sets = args.eval_sets if group.rank == 0 else []
     if sets:
         step(f"evaluating the compressed model (saved in {args.out})")
         model = io.load_compressed(args.out, device=device)
         result["eval_protocol"] = ev.protocol(tok, args.eval_seqlen, args.max_windows, bos_option(args))
-        result["compressed_ppl"] = _ppl(model, tok, sets, args, bos, f"compressed ppl ({cfg.method}, ratio "
-                                                                       f"{cfg.ratio} kept)")
+        result["compressed_ppl"] = _ppl(model, tok, sets, args, bos, _label(cfg, report))
     return _finish(args, result, args.out, t0, group)
+
+
+def _label(cfg, report) -> str:
+    bits = report.bits_per_weight()
+    return (f"compressed ppl ({cfg.method}, ratio {report.config['ratio']:.4g} kept"
+            + (f", {bits:.3f} bits per weight)" if bits is not None else ")"))
 
 
 def compress_interrupted(args) -> str:

@@ -55,9 +55,7 @@ OBJECTIVES = ("plain", "compensated")
 REFINE_WEIGHTINGS = ("channel", "none")
 _WHITENED = ("whitened", "whitened_eigen")
 GRAM_PRODUCTS = ("fp64", "fp32")
-FACTOR_BITS = (16, 8, 4)           # 16 = the model's own dtype
-BASE_BITS = (0, 2, 3, 4, 8)        # 0 = no quantized base
-GROUP_SIZES = (32, 64, 128, 256)   # the groups torch's int4 kernel takes
+from .config_quant import BASE_BITS, BASE_METHODS, FACTOR_BITS, GROUP_SIZES, check_quantization  # noqa: F401
 
 
 @dataclass
@@ -119,6 +117,11 @@ class CompressConfig:
                 > 0 stores the weight itself round-to-nearest in that many bits (groups of
                 `group_size`) and fits the pair to its error W - deq(Q) (then `ratio` is the
                 share of the dense parameters the correcting pair keeps)
+    base_method "rtn" (round to nearest) or "gptq" (GPTQ on the layer's input Gram: each column's
+                rounding error pushed onto the columns not yet rounded; nn/gptq.py)
+    bits        a byte budget instead of `ratio`: average bits per targeted weight as stored
+                (codes, scales, factors); the run derives the largest uniform ratio that fits it
+                (pipeline/quantize.py ratio_for_bits) and plans with that
     base_from   a compressed-tensors checkpoint (llm-compressor, e.g. GPTQ) whose quantized
                 weights are the base instead of svdzip's RTN (pipeline/ctbase.py); base_bits and
                 group_size must be the checkpoint's
@@ -157,6 +160,8 @@ class CompressConfig:
     base_bits: int = 0
     group_size: int = 128
     base_from: str | None = None
+    base_method: str = "rtn"
+    bits: float | None = None
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -185,20 +190,7 @@ class CompressConfig:
         self._check_allocation()
         self._check_objective()
         self._check_refinement()
-        self._check_quantization()
-
-    def _check_quantization(self) -> None:
-        for name, allowed in (("factor_bits", FACTOR_BITS), ("base_bits", BASE_BITS), ("group_size", GROUP_SIZES)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or v not in allowed:
-                raise ValueError(f"{name} = {v!r} must be one of {allowed}")
-        if self.base_from is not None and (not isinstance(self.base_from, str) or not self.base_bits):
-            raise ValueError(f"base_from = {self.base_from!r} must be a directory, with base_bits set to its bits")
-        if (self.factor_bits < 16 or self.base_bits) and self.refine_epochs:
-            raise ValueError("refine_epochs > 0 tunes fp factors; it does not run with factor_bits < 16 or base_bits")
-        if self.base_bits and self.allocation not in ("uniform", "last_blocks"):
-            raise ValueError(f"allocation = {self.allocation!r} prices the weight's own spectrum, not the "
-                             f"spectrum of a quantized base's error: use allocation='uniform' with base_bits")
+        check_quantization(self)
 
     def _check_refinement(self) -> None:
         if isinstance(self.refine_epochs, bool) or not isinstance(self.refine_epochs, int) or self.refine_epochs < 0:

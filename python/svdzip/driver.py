@@ -15,6 +15,7 @@ What a mode cannot do is refused in `refuse`, with the reason, and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from .config import CompressConfig
 from .dtypes import all_finite, model_dtype
 from .pipeline import loop, replay
 from .pipeline.memory import large_buffers_mmapped
+from .pipeline.quantize import ratio_for_bits
 from .pipeline.source import InMemory
 from .pipeline.streams import streams_for
 from .pipeline.trials import DEFAULT_TRIAL_MEMORY
@@ -147,6 +149,9 @@ def run(source, sink, config: CompressConfig, calibration: torch.Tensor | None, 
     progress = opts.progress and group.rank == 0
     _, targets = find_targets(source.model, config)
     check_weights(targets)
+    if config.bits is not None:  # a byte budget: plan with the ratio that meets it (the caller's config stays)
+        config = dataclasses.replace(config, ratio=ratio_for_bits(targets, config, targets[0].module.weight.dtype))
+        _, targets = find_targets(source.model, config)
     notes = calibration_warnings(calibration if opts.stats is None else None, targets, kinds)
     t0 = time.perf_counter()
     stats = opts.stats if opts.stats is not None or kinds else {}

@@ -49,6 +49,8 @@ def required_stats(cfg) -> frozenset[str]:
             need |= _STAGE_STATS[getattr(cfg, stage)]
     if getattr(cfg, "objective", "plain") == "compensated":
         need |= {"gram", "cross"}  # G̃ and C = X·X̃ᵀ (methods/compensated.py)
+    if getattr(cfg, "base_method", "rtn") == "gptq":
+        need |= {"gram"}  # GPTQ rounds the base on its layer's input Gram
     return frozenset(need)
 
 

@@ -86,12 +86,7 @@ class QuantMatrix(nn.Module):
         pad = groups * group_size - q.cols
         lo = F.pad(Wd, (0, pad), value=float("inf")).view(q.rows, groups, group_size).amin(-1)
         hi = F.pad(Wd, (0, pad), value=float("-inf")).view(q.rows, groups, group_size).amax(-1)
-        offset = _fp16(lo, name)
-        scale = _fp16((hi - offset.double()) / ((1 << bits) - 1), name)
-        # a constant group (codes all 0) still needs a scale: one small beside its value, so that the
-        # kernel's bf16 zero (offset + 2^(b-1)·scale) keeps the offset's precision; 1 for a zero group
-        flat = (offset.double().abs() / 256).to(torch.float16)
-        scale = torch.where(scale > 0, scale, torch.where(flat > 0, flat, torch.ones_like(flat)))
+        scale, offset = scale_and_offset(lo, hi, bits, name)
         expand = lambda t: t.double().repeat_interleave(group_size, 1)[:, : q.cols]  # noqa: E731
         codes = ((Wd - expand(offset)) / expand(scale)).round().clamp(0, (1 << bits) - 1)
         q.codes.copy_(packing.pack(codes, bits))
@@ -158,6 +153,16 @@ class QuantMatrix(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rows={self.rows}, cols={self.cols}, bits={self.bits}, group_size={self.group_size}"
+
+
+def scale_and_offset(lo: torch.Tensor, hi: torch.Tensor, bits: int, name: str):
+    """fp16 (scale, offset) of groups spanning [lo, hi] in b bits (min-max). A constant group
+    (codes all 0) still needs a scale: one small beside its value, so that the kernel's bf16 zero
+    (offset + 2^(b-1)·scale) keeps the offset's precision; 1 for a group of zeros."""
+    offset = _fp16(lo, name)
+    scale = _fp16((hi - offset.double()) / ((1 << bits) - 1), name)
+    small = (offset.double().abs() / 256).to(torch.float16)
+    return torch.where(scale > 0, scale, torch.where(small > 0, small, torch.ones_like(small))), offset
 
 
 _REFERENCE = [False]

@@ -104,7 +104,7 @@ def _prepare(targets, stats: dict, cfg, method, owned: bool):
         # the weight as stored: the methods widen each matrix to fp64 only when they use it, so a
         # block's fp64 copies are not all alive at once (Qwen2.5-0.5B: 120 MB less per block)
         W = t.module.weight.detach()
-        base = quantized_base(W, cfg, t.name)
+        base = quantized_base(W, cfg, t.name, st.get("gram"))
         if key in maps:  # fit W* = W·C·G̃⁻¹ under the G̃ whitening (methods/compensated.py)
             W = compensated.compensated_weight(W, maps[key][0])
         if base is not None:  # the pair fits the base's error

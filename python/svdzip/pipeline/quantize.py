@@ -12,10 +12,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import rank
 from ..nn import LowRankLinear, QuantLowRankLinear, QuantMatrix
+from ..nn.compressed import entries
+from ..nn.gptq import gptq_quantize
 from .ctbase import read_base
 
 
@@ -31,11 +35,49 @@ def layer_spec(shape, ratio: float, bias: bool, cfg) -> dict:
     return spec
 
 
-def quantized_base(W: torch.Tensor, cfg, name: str) -> QuantMatrix | None:
-    """RTN of W, or module `name`'s weight in the user's compressed-tensors checkpoint."""
+def stored_bits_of(spec: dict, dtype) -> int:
+    """Bits a layer of this spec stores for its weight (not the bias)."""
+    return sum(math.prod(shape) * (torch.finfo(dt).bits if dt.is_floating_point else torch.iinfo(dt).bits)
+               for name, dt, shape in entries(spec, dtype) if name != "bias")
+
+
+def ratio_for_bits(targets, cfg, dtype) -> float:
+    """The largest kept ratio (one for every target) whose layers store at most `cfg.bits` bits
+    per targeted weight on average: bits grow with the ratio (ranks are floors), so bisect."""
+    weights = sum(t.shape[0] * t.shape[1] for t in targets)
+    shapes: dict[tuple, int] = {}
+    for t in targets:
+        key = (tuple(t.shape), t.module.bias is not None)
+        shapes[key] = shapes.get(key, 0) + 1
+
+    def bits_at(ratio: float) -> float:
+        return sum(count * stored_bits_of(layer_spec(shape, ratio, bias, cfg), dtype)
+                   for (shape, bias), count in shapes.items()) / weights
+
+    lo, hi = 1e-9, 1.0
+    if bits_at(lo) > cfg.bits:
+        raise ValueError(f"bits = {cfg.bits} is below the least these targets can store: {bits_at(lo):.3f} bits per "
+                         f"weight at rank 1" + (f" on a {cfg.base_bits}-bit base" if cfg.base_bits else ""))
+    if bits_at(hi) <= cfg.bits:
+        return hi
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if bits_at(mid) <= cfg.bits else (lo, mid)
+    return lo
+
+
+def quantized_base(W: torch.Tensor, cfg, name: str, gram: torch.Tensor | None = None) -> QuantMatrix | None:
+    """RTN or GPTQ (on `gram`) of W, or module `name`'s weight in the user's compressed-tensors
+    checkpoint; None without a base."""
+    if not cfg.base_bits:
+        return None
     if cfg.base_from:
         return read_base(cfg.base_from, name, tuple(W.shape), cfg.base_bits, cfg.group_size)
-    return QuantMatrix.from_float(W, cfg.base_bits, cfg.group_size, name) if cfg.base_bits else None
+    if cfg.base_method == "gptq":
+        if gram is None:
+            raise ValueError(f"{name}: base_method 'gptq' needs the layer's input Gram, and none was collected")
+        return gptq_quantize(W, gram, cfg.base_bits, cfg.group_size, name=name)
+    return QuantMatrix.from_float(W, cfg.base_bits, cfg.group_size, name)
 
 
 def refit_left(W: torch.Tensor, B: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
