@@ -49,8 +49,8 @@ from svdzip.pipeline.walk import decoder_layers
 HERE = Path(__file__).resolve().parent
 LLMC = HERE / ".venv-llmc" / "bin" / "python"
 DEFAULT_ROWS = ["rtn:8", "rtn:4", "rtn:3", "gptq:4", "gptq:3", "lr:best:0.8:16", "lr:best:0.8:8", "lr:best:0.6:8",
-                "corr:best:2:0.12:8", "corr:best:3:0.1:8", "corr:best:4:0.1:8", "gcorr:best:3:0.08:8",
-                "gcorr:best:4:0.05:8"]
+                "corr:best:2:0.12:8", "corr:best:3:0.1:8", "corr:best:4:0.1:8", "corr:best:2:0.12:8:gptq",
+                "corr:best:3:0.1:8:gptq", "gcorr:best:3:0.08:8", "gcorr:best:4:0.05:8"]
 
 
 def _targets(model) -> list[tuple[str, nn.Module, str, nn.Linear]]:
