@@ -15,10 +15,14 @@ Rows (targets: every Linear in the decoder blocks; group 128 below 8 bits):
                                 svdzip's base in BASE bits (round to nearest, or its own GPTQ on the Gram
                                 with :gptq) + the pair fitted to its error, RATIO of the dense parameters
                                 in the pair
+  bits:RECIPE:BASE:BITS:FACTOR_BITS[:gptq]
+                                a byte budget (--bits BITS): the ratio of the pair derived from it (BASE 0:
+                                low-rank alone)
   gcorr:RECIPE:BASE:RATIO:FACTOR_BITS
                                 the same on the GPTQ checkpoint of the gptq:BASE row (run it first): what
                                 a user who brings an llm-compressor model gets (--base-from)
-RECIPE: best (--recipe best; uniform allocation under a base) or svd_llm (one-shot SVD-LLM).
+RECIPE: best (--recipe best; under a base with uniform allocation and the plain objective, the
+compensated one ruins a model with a base) or svd_llm (one-shot SVD-LLM).
 Columns: bits per targeted weight as stored (codes, scales, factors), MiB of the targets, perplexity
 per text (as the model runs on this CPU: integer kernels fed bf16 activations), the first text's
 perplexity again with the dequantised weights in fp32 ("ref": the quantization alone, without the
@@ -39,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _timing import machine, write_json
+from _timing import RESULTS, machine, write_json
 import svdzip as sz
 from svdzip import data, eval as ev, models
 from svdzip.nn import COMPRESSED, QuantLowRankLinear, QuantMatrix, reference_math, stored_bits
@@ -73,17 +77,22 @@ def _quantize_only(model, bits: int, group: int, base_of) -> None:
 
 
 def _config(recipe: str, ratio: float, factor_bits: int, base_bits: int = 0, base_from: str | None = None,
-            group_size: int = 128, base_method: str = "rtn"):
+            group_size: int = 128, base_method: str = "rtn", bits: float | None = None):
     kw = {"ratio": ratio, "factor_bits": factor_bits, "base_bits": base_bits, "base_from": base_from,
-          "group_size": group_size, "base_method": base_method}
-    if recipe == "best":
-        return sz.recipe("best", **kw, **({"allocation": "uniform"} if base_bits else {}))
+          "group_size": group_size, "base_method": base_method, "bits": bits}
+    if recipe == "best":  # under a base: uniform ratios and the plain objective (config_quant.py says why)
+        return sz.recipe("best", **kw, **({"allocation": "uniform", "objective": "plain"} if base_bits else {}))
     return sz.SVDLLMConfig(**kw)
 
 
-def _bits(model, dense_weights: int) -> float:
-    """Stored bits of every compressed layer over the targeted dense weights."""
-    return sum(stored_bits(m) for m in model.modules() if isinstance(m, COMPRESSED)) / dense_weights
+def _bits(model, names: list[str], dense_weights: int) -> float:
+    """Stored bits of every target over the targeted dense weights: a compressed layer's codes,
+    scales and factors, or the weight itself where the allocation left the module dense."""
+    total = 0
+    for name in names:
+        m = model.get_submodule(name)
+        total += stored_bits(m) if isinstance(m, COMPRESSED) else m.weight.numel() * torch.finfo(m.weight.dtype).bits
+    return total / dense_weights
 
 
 def decode_tok_s(model, ids: torch.Tensor, new: int = 64, repeats: int = 3) -> float:
@@ -119,6 +128,9 @@ def main() -> None:
     ap.add_argument("--datasets", default="wiki,ptb,code,bg")
     ap.add_argument("--max-windows", type=int, default=10)
     ap.add_argument("--tag", default=None)
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in the JSON (a row run again replaces its old one; each row "
+                         "records when it ran); the dense row is measured again")
     args = ap.parse_args()
     tag = args.tag or args.model.replace(".", "")
     torch.manual_seed(0)
@@ -128,17 +140,22 @@ def main() -> None:
     bos = data.resolve_bos(tok, None)
     calib = data.calibration_batches(tok, n_samples=32, seqlen=512, bos=bos)
     prompt = calib[:1, :32]
+    names = [name for name, *_ in _targets(model)]
     dense_weights = sum(lin.weight.numel() for *_, lin in _targets(model))
     group = gptq_group({lin.in_features for *_, lin in _targets(model)})
     out = {"machine": machine(), "model": args.model, "args": vars(args), "target_weights": dense_weights,
            "gptq_group": group,
            "eval_protocol": ev.protocol(tok, 512, args.max_windows, None), "rows": []}
+    previous = RESULTS / f"bytes_{tag}.json"
+    if args.append and previous.is_file():
+        out["rows"] = [r for r in json.loads(previous.read_text())["rows"]
+                       if r["row"] != "dense" and r["row"] not in args.rows]
 
     def record(name, m, bits, seconds, extra=None):
         ppl = ev.evaluate(m, tok, sets, 512, args.max_windows, progress=False, bos=bos)
         with reference_math():
             ref = ev.evaluate(m, tok, sets[:1], 512, args.max_windows, progress=False, bos=bos)
-        row = {"row": name, "bits_per_weight": bits, "target_mib": bits * dense_weights / 8 / 2**20, "ppl": ppl,
+        row = {"row": name, "ran": time.strftime("%Y-%m-%d %H:%M"), "bits_per_weight": bits, "target_mib": bits * dense_weights / 8 / 2**20, "ppl": ppl,
                "ppl_reference_math": ref,
                "compress_seconds": seconds, "decode_tok_s": decode_tok_s(m, prompt), **(extra or {})}
         out["rows"].append(row)
@@ -158,7 +175,7 @@ def main() -> None:
                 bits = int(p[0])
                 ct, info = _gptq(args, bits, group, calib, Path(work))
                 _quantize_only(m, bits, group, lambda name, lin: read_base(ct, name, tuple(lin.weight.shape), bits, group))
-                record(spec, m, _bits(m, dense_weights), info["seconds"], {"gptq": info})
+                record(spec, m, _bits(m, names, dense_weights), info["seconds"], {"gptq": info})
                 continue
             t0 = time.perf_counter()
             if kind == "rtn":
@@ -166,6 +183,9 @@ def main() -> None:
                 _quantize_only(m, bits, 128, lambda name, lin: QuantMatrix.from_float(lin.weight, bits, 128, name))
             elif kind == "lr":
                 sz.compress(m, _config(p[0], float(p[1]), int(p[2])), calib, progress=False)
+            elif kind == "bits":
+                cfg = _config(p[0], 0.8, int(p[3]), int(p[1]), None, 128, p[4] if len(p) > 4 else "rtn", float(p[2]))
+                sz.compress(m, cfg, calib, progress=False)
             elif kind in ("corr", "gcorr"):
                 ct = str(Path(work) / f"gptq{p[1]}" / "ct") if kind == "gcorr" else None  # the gptq row's
                 if ct and not Path(ct).is_dir():
@@ -175,7 +195,7 @@ def main() -> None:
                 sz.compress(m, cfg, calib, progress=False)
             else:
                 raise SystemExit(f"row {spec!r}: unknown kind {kind!r}")
-            record(spec, m, _bits(m, dense_weights), time.perf_counter() - t0)
+            record(spec, m, _bits(m, names, dense_weights), time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def plot() -> None:
 
 FAMILIES = {"rtn": "RTN (svdzip)", "gptq": "GPTQ (llm-compressor)", "lr": "svdzip low-rank",
             "corr": "svdzip RTN base + correction", "corr+gptq": "svdzip GPTQ base + correction",
-            "gcorr": "llm-compressor GPTQ base + svdzip correction"}
+            "gcorr": "llm-compressor GPTQ base + svdzip correction", "bits": "svdzip --bits budget"}
 
 
 def family(row: str) -> str:

@@ -321,3 +321,16 @@ def test_gptq_base_in_the_pipeline_beats_rtn_base():
     assert mean(gptq) < mean(rtn)
     with pytest.raises(ValueError, match="base_method = 'gptq' rounds svdzip's own base"):
         SVDLLMConfig(base_method="gptq")
+
+
+def test_bits_per_weight_counts_targets_left_dense_at_the_model_dtype():
+    from svdzip.config import ResSVDConfig
+
+    model = tiny("llama", 4)
+    rep = sz.compress(model, ResSVDConfig(ratio=0.8, factor_bits=8, group_size=32), calib(), progress=False)
+    assert rep.dense_target_weights > 0  # ResSVD leaves the first blocks dense
+    compressed = [m.shape[0] * m.shape[1] for m in rep.modules]
+    stored = sum(m.notes["bits_per_weight"] * w for m, w in zip(rep.modules, compressed))
+    want = (stored + 32 * rep.dense_target_weights) / (sum(compressed) + rep.dense_target_weights)
+    assert rep.bits_per_weight() == pytest.approx(want)
+    assert rep.bits_per_weight() > stored / sum(compressed)

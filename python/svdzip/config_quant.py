@@ -29,6 +29,12 @@ def check_quantization(cfg) -> None:
                              "overrides or last-blocks")
     if (cfg.factor_bits < 16 or cfg.base_bits) and cfg.refine_epochs:
         raise ValueError("refine_epochs > 0 tunes fp factors; it does not run with factor_bits < 16 or base_bits")
+    if cfg.base_bits and cfg.objective == "compensated":
+        # measured (SmolLM2, 4-bit base, pair at 0.1, 16 x 512 calibration, wiki on 2 windows): plain
+        # sequential 23.4, compensated 1345; a low-rank pair cannot carry the compensated target's
+        # correction of the whole weight (docs/findings.md, "Bytes")
+        raise ValueError("objective = 'compensated' with a quantized base ruins the model (measured on SmolLM2: "
+                         "wiki 1345 vs 23.4 with the plain objective): use objective='plain' with base_bits")
     if cfg.base_bits and cfg.allocation not in ("uniform", "last_blocks"):
         raise ValueError(f"allocation = {cfg.allocation!r} prices the weight's own spectrum, not the "
                          f"spectrum of a quantized base's error: use allocation='uniform' with base_bits")

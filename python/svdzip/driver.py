@@ -169,6 +169,7 @@ def run(source, sink, config: CompressConfig, calibration: torch.Tensor | None, 
     report = Report(config.method, config.to_dict(), modules=list(sink.modules),
                     model_params_before=count_params(source.model),
                     dense_target_params=sum(p.numel() for m in left_dense for p in m.parameters()),
+                    dense_target_weights=sum(m.weight.numel() for m in left_dense),
                     dtype=model_dtype(source.model), allocation=allocated, seconds_stats=prepass_s,
                     warnings=notes, calibration=calibration_record(calibration, opts.calibration_info))
     _blocks(source, sink, blocks, config, method, kinds, stats, calibration, share, report, opts, group, progress)

@@ -26,6 +26,7 @@ class Report:
     model_params_before: int = 0
     model_params_after: int = 0
     dense_target_params: int = 0      # targeted modules the config left dense (e.g. ResSVD's first blocks)
+    dense_target_weights: int = 0     # their weights alone (no biases): what bits_per_weight counts at the dtype
     seconds_stats: float = 0.0
     seconds_decompose: float = 0.0
     seconds_refine: float = 0.0       # block-wise refinement of the factors (refine_epochs > 0)
@@ -69,11 +70,16 @@ class Report:
         return d
 
     def bits_per_weight(self) -> float | None:
-        """Stored bits over targeted weights (quantized runs: the modules report their bits)."""
+        """Stored bits over targeted weights (quantized runs: the modules report their bits; a target
+        the allocation left dense counts at the model's dtype)."""
         if not self.modules or any("bits_per_weight" not in m.notes for m in self.modules):
             return None
+        import torch
+
         weights = [m.shape[0] * m.shape[1] for m in self.modules]
-        return sum(m.notes["bits_per_weight"] * w for m, w in zip(self.modules, weights)) / sum(weights)
+        dense_bits = self.dense_target_weights * torch.finfo(getattr(torch, self.dtype or "float32")).bits
+        return (sum(m.notes["bits_per_weight"] * w for m, w in zip(self.modules, weights)) + dense_bits) / \
+            (sum(weights) + self.dense_target_weights)
 
     def summary(self, per_module: bool = False) -> str:
         lines = []
