@@ -81,6 +81,8 @@ def test_bad_formats_and_values_are_named():
             SVDLLMConfig(**{field: bad})
     with pytest.raises(ValueError, match="refine_epochs"):
         SVDLLMConfig(factor_bits=8, sequential=True, refine_epochs=1)
+    with pytest.raises(ValueError, match="compensated' with a quantized base ruins the model"):
+        SVDLLMConfig(base_bits=4, sequential=True, objective="compensated")
 
 
 def _whitened_problem(seed=0, m=48, n=64):
