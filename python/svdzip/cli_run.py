@@ -166,7 +166,7 @@ def _label(cfg, report) -> str:
 def compress_interrupted(args) -> str:
     """What an interrupted compress leaves behind, for the one line printed on Ctrl-C."""
     partial = Path(f"{args.out}.partial")
-    if getattr(args, "offload", False) and (partial / ".resume").is_dir():
+    if getattr(args, "offload", False) and partial.is_dir():  # (a run stopped before .resume/ exists reruns from the start)
         return f"the finished blocks are kept in {partial}/: rerun the same command to resume"
     return f"nothing was written to {args.out}"
 
