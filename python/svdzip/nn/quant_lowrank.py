@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config_quant import FACTOR_BITS
 from .quant_matrix import QuantMatrix, check_format, stored_bits
 
-FACTOR_BITS = (16, 8, 4)
 SPEC_KEYS = ("rank", "in_features", "out_features", "bias", "factor_bits", "base_bits", "group_size")
 
 
