@@ -7,6 +7,7 @@ Fake kernels registered here let the native ops run under torch.compile.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -85,12 +86,31 @@ def whitening_factor(G: torch.Tensor, jitter: float = 1e-6) -> Whitening:
     return Whitening(F, _reference.PATHS[int(path)], float(shift), int(clamped))
 
 
+_LOWRANK_PATH = ["op"]  # "op": the native op where it has a kernel; "aten": two matmuls always
+
+
+@contextlib.contextmanager
+def lowrank_path(path: str):
+    """Within: LowRankLinear runs as svdzip::lowrank_linear ("op", the default where the native
+    op has a kernel) or as two aten matmuls ("aten"): what torch.export puts in a graph that must
+    run without svdzip's library (export.py)."""
+    if path not in ("op", "aten"):
+        raise ValueError(f"lowrank_path: {path!r} is not 'op' or 'aten'")
+    before = _LOWRANK_PATH[0]
+    _LOWRANK_PATH[0] = path
+    try:
+        yield
+    finally:
+        _LOWRANK_PATH[0] = before
+
+
 def lowrank_linear(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = (x Bᵀ) Aᵀ + bias without forming W = A B."""
     # The native op has no backward: training through the layer takes the torch path.
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or A.requires_grad or B.requires_grad)
-    if not needs_grad and _use_native("lowrank_linear", x) and A.dtype == B.dtype == x.dtype:
+    if (not needs_grad and _LOWRANK_PATH[0] == "op" and _use_native("lowrank_linear", x)
+            and A.dtype == B.dtype == x.dtype):
         return torch.ops.svdzip.lowrank_linear(x, A, B, bias)
     return _reference.lowrank_linear(x, A, B, bias)
 
