@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_lmeval import add_lmeval
 
     from .cli_bench import add_bench
+    from .cli_export import add_export
     from .cli_plot import add_plot
 
     add_compress(sub)
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lmeval(sub)
     add_plot(sub)
     add_bench(sub)
+    add_export(sub)
     v = sub.add_parser("verify", help="check an svdzip directory's tensor files against their saved checksums",
                        description="Reads every *.safetensors file of DIR and compares its SHA-256 with the one "
                                    "svdzip_config.json recorded when it was saved; loads no model.")

@@ -26,7 +26,7 @@ import torch
 from . import ops
 
 # Architectures whose export is tested (tests/test_export.py) and whose tokens match generate().
-SUPPORTED = ("llama", "qwen2")
+SUPPORTED = ("llama", "qwen2", "gemma3_text")
 LOWRANK_PATHS = ("aten", "op")
 DEVICES = ("cpu", "cuda")
 SUFFIX = ".pt2"

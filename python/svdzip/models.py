@@ -166,18 +166,28 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
-def load(name_or_path: str, dtype: torch.dtype | str | None = None):
-    """(model, tokenizer) for an alias, a Hugging Face directory, or an svdzip output dir.
-    dtype None keeps the dtype the checkpoint was saved in."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(name_or_path: str, dtype: torch.dtype | str | None = None):
+    """The model alone (no tokenizer needed) for an alias, a Hugging Face directory, or an
+    svdzip output dir. dtype None keeps the dtype the checkpoint was saved in."""
+    from transformers import AutoModelForCausalLM
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dtype = parse_dtype(dtype)
     path = Path(name_or_path)
     if (path / "svdzip_config.json").is_file():
         from .io import load_compressed
-        return load_compressed(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
-    path = resolve(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto")
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+        return load_compressed(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path),
+                                                 dtype=dtype if dtype is not None else "auto")
+    return model.eval()
+
+
+def load(name_or_path: str, dtype: torch.dtype | str | None = None):
+    """(model, tokenizer) for an alias, a Hugging Face directory, or an svdzip output dir.
+    dtype None keeps the dtype the checkpoint was saved in."""
+    from transformers import AutoTokenizer
+
+    model = load_model(name_or_path, dtype)
+    path = Path(name_or_path)
+    return model, AutoTokenizer.from_pretrained(path if (path / "svdzip_config.json").is_file()
+                                                else resolve(name_or_path))
