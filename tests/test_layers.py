@@ -20,8 +20,8 @@ LAYERS = [
     ("allocation", ["allocation"]),
     ("driver", ["driver"]),
     ("api", ["api", "offload", "io", "hf", "meta", "kvcache", "kvcache_layer", "data", "textcache", "eval", "models", "lmeval",
-             "plot", "demo", "env"]),
-    ("cli", ["cli", "cli_checks", "cli_compress", "cli_run", "cli_lmeval", "cli_plot", "cli_bench", "__main__", ""]),
+             "plot", "demo", "env", "export"]),
+    ("cli", ["cli", "cli_checks", "cli_compress", "cli_run", "cli_lmeval", "cli_plot", "cli_bench", "cli_export", "__main__", ""]),
 ]
 
 

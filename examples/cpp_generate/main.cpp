@@ -82,10 +82,25 @@ std::vector<int64_t> read_ids(const std::string& file) {
   return ids;
 }
 
+// A number the package's metadata holds (svdzip export writes them), or -1 when it is absent.
 long meta_long(const std::unordered_map<std::string, std::string>& meta, const std::string& key) {
   auto it = meta.find(key);
-  if (it == meta.end()) fail("the package has no '" + key + "' metadata: was it made by svdzip export?");
-  return parse_long(it->second, key);
+  return it == meta.end() ? -1 : parse_long(it->second, key);
+}
+
+// Peak resident memory of this process (VmHWM), MiB; 0 where /proc is not there.
+double peak_rss_mib() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmHWM:") {
+      double kib = 0;
+      status >> kib;
+      return kib / 1024.0;
+    }
+    status.ignore(1 << 20, '\n');
+  }
+  return 0.0;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -106,12 +121,15 @@ int main(int argc, char** argv) {
     const long max_len = meta_long(meta, "svdzip.max_seq_len");
     const long vocab = meta_long(meta, "svdzip.vocab_size");
     const long total = static_cast<long>(prompt.size()) + a.n_new;
-    if (total > max_len)
+    if (max_len < 0 || vocab < 0)
+      std::cerr << "svdzip_generate: warning: the package has no svdzip metadata (not made by svdzip "
+                   "export?): the prompt's length and ids are not checked\n";
+    if (max_len >= 0 && total > max_len)
       fail("prompt (" + std::to_string(prompt.size()) + ") + N_NEW (" + std::to_string(a.n_new) +
            ") = " + std::to_string(total) + " tokens is past the package's max_seq_len " +
            std::to_string(max_len) + " (svdzip export --max-seq-len)");
     for (int64_t id : prompt)
-      if (id < 0 || id >= vocab)
+      if (id < 0 || (vocab >= 0 && id >= vocab))
         fail("prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " +
              std::to_string(vocab) + ")");
 
@@ -146,7 +164,7 @@ int main(int argc, char** argv) {
               << " decode_steps=" << step_s.size() << " decode_s=" << decode_s
               << " decode_median_s=" << median
               << " decode_tok_per_s=" << (median > 0 ? 1.0 / median : 0.0)
-              << " threads=" << at::get_num_threads() << "\n";
+              << " threads=" << at::get_num_threads() << " peak_rss_mib=" << peak_rss_mib() << "\n";
   } catch (const c10::Error& e) {
     fail(std::string("libtorch: ") + e.what_without_backtrace());
   } catch (const std::exception& e) {

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from . import ops
+from .nn import QuantLowRankLinear
 
 # Architectures whose export is tested (tests/test_export.py) and whose tokens match generate().
 SUPPORTED = ("llama", "qwen2", "gemma3_text")
@@ -48,6 +49,10 @@ def check_export(model, max_seq_len: int, device: str, lowrank: str) -> None:
     if arch not in SUPPORTED:
         raise ExportError(f"export: architecture {arch!r} ({type(model).__name__}) is not supported; "
                           f"supported: {', '.join(SUPPORTED)}")
+    quantized = [n for n, m in model.named_modules() if isinstance(m, QuantLowRankLinear)]
+    if quantized:
+        raise ExportError(f"export: {len(quantized)} quantized layers (e.g. {quantized[0]}) cannot be "
+                          "exported yet; export a model compressed with 16-bit factors and no base")
     limit = getattr(model.config, "max_position_embeddings", None)
     if not isinstance(max_seq_len, int) or max_seq_len < 2:
         raise ExportError(f"export: max_seq_len = {max_seq_len!r} must be an integer >= 2")
