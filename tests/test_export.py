@@ -161,3 +161,12 @@ def test_quantized_layers_are_refused_by_name():
     sz.compress(model, sz.SVDLLMConfig(ratio=0.8, factor_bits=8), calib, progress=False)
     with pytest.raises(export.ExportError, match="quantized layers .e.g. model.layers.0"):
         export.export_program(model, 16)
+
+
+def test_attention_reads_the_cache_without_repeating_heads():
+    """Llama with 4 query heads on 2 key/value heads: the graph's SDPA takes the cache as it is
+    (enable_gqa), no repeat_kv copy of it per step."""
+    program = export.export_program(compressed("llama"), 16)
+    sdpa = [n for n in program.graph.nodes if "scaled_dot_product" in str(n.target)]
+    assert sdpa and all(n.kwargs.get("enable_gqa") for n in sdpa), [(n.target, n.kwargs) for n in sdpa]
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ

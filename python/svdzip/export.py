@@ -97,6 +97,23 @@ def _static_cache(model, max_seq_len: int, device: str):
         model.generation_config = before
 
 
+@contextlib.contextmanager
+def _grouped_attention():
+    """While tracing, transformers' SDPA attention passes enable_gqa=True instead of repeating
+    each key/value head for its query heads (repeat_kv): under torch.export it would otherwise
+    copy the whole static cache, every layer, every step (measured: the step cost grew with
+    max_seq_len). TRANSFORMERS_SDPA_FORCE_GQA is transformers' own switch for this."""
+    before = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TRANSFORMERS_SDPA_FORCE_GQA"]
+        else:
+            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = before
+
+
 def export_program(model, max_seq_len: int, device: str = "cpu", lowrank: str = "aten"):
     """torch.export of `model` with a static cache of max_seq_len positions, batch 1, the
     prompt length dynamic (1 .. max_seq_len)."""
@@ -106,7 +123,8 @@ def export_program(model, max_seq_len: int, device: str = "cpu", lowrank: str = 
     model = model.to(device).eval()
     steps = torch.export.Dim("tokens", min=1, max=max_seq_len)
     example = torch.zeros(1, 2, dtype=torch.long, device=device)
-    with _static_cache(model, max_seq_len, device), ops.lowrank_path(lowrank), torch.no_grad():
+    with _static_cache(model, max_seq_len, device), ops.lowrank_path(lowrank), _grouped_attention(), \
+            torch.no_grad():
         wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len,
                                                         device=device)
         return wrapper.export(input_ids=example, cache_position=torch.arange(2, device=device),
