@@ -204,8 +204,11 @@ def test_ctrl_c_during_compress_is_one_line_and_exit_130(tmp_path, offload):
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "svdzip", "compress", "smollm2-135m", str(out), "--method", "svd_llm",
            "--n-samples", "4", "--seqlen", "64", *(["--offload"] if offload else [])]
+    # A test run started in the background (`cmd &` in a script) inherits SIGINT ignored, and then
+    # Python never raises KeyboardInterrupt: the child gets the default disposition, as from a terminal.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = "peak" if offload else "model smollm2-135m:"  # the budget line / the model line
     for line in proc.stdout:
         if started in line:
