@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import svdzip as sz
-from svdzip import export
+from svdzip import cli_export, export
 from svdzip.cli import main as cli_main
+from svdzip.hf import base_model_type
 from tiny_models import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def compressed(arch: str):
 
 
 def test_every_supported_architecture_has_a_tiny_model():
-    covered = {export.base_model_type(tiny(a, layers=1)) for a in ARCHS}
+    covered = {base_model_type(tiny(a, layers=1).config) for a in ARCHS}
     assert set(export.SUPPORTED) <= covered, set(export.SUPPORTED) - covered
 
 
@@ -142,6 +143,18 @@ def test_corrupt_package_is_named(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(export.ExportError, match="bad.pt2 is not a readable AOTInductor package"):
         export.load_package(bad)
+
+
+def test_cli_choices_are_the_exporters():
+    assert cli_export.LOWRANK_PATHS == export.LOWRANK_PATHS and cli_export.DEVICES == export.DEVICES
+
+
+def test_cli_refuses_an_existing_output_before_loading_the_model(tmp_path, capsys):
+    kept = tmp_path / "user.pt2"
+    kept.write_bytes(b"user's file")
+    assert cli_main(["export", str(tmp_path / "no_such_model"), str(kept)]) != 0
+    assert "exists; nothing was written" in capsys.readouterr().err  # not the missing model
+    assert kept.read_bytes() == b"user's file"
 
 
 def test_cli_export_error_is_one_line(tmp_path, capsys):

@@ -28,12 +28,12 @@ def add_export(sub) -> None:
 def run_export(args) -> int:
     import time
 
-    from .export import check_export, export_package
+    from .export import check_output_file, export_package
     from .models import load_model
 
+    check_output_file(args.out, args.overwrite)  # before the model loads
     args.step(f"loading {args.model}")
     model = load_model(args.model, dtype=args.dtype)
-    check_export(model, args.max_seq_len, args.device, args.lowrank)  # before minutes of work
     start = time.perf_counter()
     args.step("exporting")
     out = export_package(model, args.out, max_seq_len=args.max_seq_len, device=args.device,

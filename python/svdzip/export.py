@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from . import ops
+from .hf import base_model_type
 from .nn import QuantLowRankLinear
 
 # Architectures whose export is tested (tests/test_export.py) and whose tokens match generate().
 SUPPORTED = ("llama", "qwen2", "gemma3_text")
-LOWRANK_PATHS = ("aten", "op")
+LOWRANK_PATHS = ops.LOWRANK_PATHS
 DEVICES = ("cpu", "cuda")
 SUFFIX = ".pt2"
 
@@ -37,15 +37,9 @@ class ExportError(ValueError):
     """The model, the options or the machine cannot make a package; the message says which."""
 
 
-def base_model_type(model) -> str:
-    """The architecture under svdzip's wrapper config (model_type "svdzip" when saved)."""
-    config = model.config
-    return getattr(type(config), "base_model_type", None) or config.model_type
-
-
 def check_export(model, max_seq_len: int, device: str, lowrank: str) -> None:
     """Everything that can be said before minutes of compiling: raises ExportError."""
-    arch = base_model_type(model)
+    arch = base_model_type(model.config)
     if arch not in SUPPORTED:
         raise ExportError(f"export: architecture {arch!r} ({type(model).__name__}) is not supported; "
                           f"supported: {', '.join(SUPPORTED)}")
@@ -131,10 +125,9 @@ def export_program(model, max_seq_len: int, device: str = "cpu", lowrank: str = 
                               dynamic_shapes={"input_ids": {1: steps}, "cache_position": {0: steps}})
 
 
-def export_package(model, out, max_seq_len: int = 512, device: str = "cpu", lowrank: str = "aten",
-                   overwrite: bool = False, progress=print) -> Path:
-    """Export and AOTInductor-compile `model` into the file `out` (.pt2), written atomically
-    (built beside it, renamed into place); an existing file is replaced only with overwrite."""
+def check_output_file(out, overwrite: bool = False) -> Path:
+    """The package path, checked: ends in .pt2, not a directory, its directory exists, an
+    existing file only with overwrite. Cheap: the CLI asks before loading the model."""
     out = Path(out)
     if out.suffix != SUFFIX:
         raise ExportError(f"export: output {out} must end in {SUFFIX} (AOTInductor's package format)")
@@ -145,10 +138,19 @@ def export_package(model, out, max_seq_len: int = 512, device: str = "cpu", lowr
                           "pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise ExportError(f"export: output directory {out.parent} does not exist")
-    progress(f"export: tracing {base_model_type(model)} with a static cache of {max_seq_len} positions")
+    return out
+
+
+def export_package(model, out, max_seq_len: int = 512, device: str = "cpu", lowrank: str = "aten",
+                   overwrite: bool = False, progress=print) -> Path:
+    """Export and AOTInductor-compile `model` into the file `out` (.pt2), written atomically
+    (built beside it, renamed into place); an existing file is replaced only with overwrite."""
+    out = check_output_file(out, overwrite)
+    arch = base_model_type(model.config)
+    progress(f"export: tracing {arch} with a static cache of {max_seq_len} positions")
     program = export_program(model, max_seq_len, device, lowrank)
     progress("export: compiling with AOTInductor (a minute or more)")
-    metadata = {"svdzip.max_seq_len": str(max_seq_len), "svdzip.model_type": base_model_type(model),
+    metadata = {"svdzip.max_seq_len": str(max_seq_len), "svdzip.model_type": arch,
                 "svdzip.lowrank": lowrank, "svdzip.vocab_size": str(model.config.vocab_size)}
     tmp = out.with_name(f".{out.stem}.saving-{os.getpid()}{SUFFIX}")
     try:
@@ -156,8 +158,7 @@ def export_package(model, out, max_seq_len: int = 512, device: str = "cpu", lowr
             program, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": metadata})
         os.replace(tmp, out)
     finally:
-        if tmp.exists():
-            tmp.unlink() if tmp.is_file() else shutil.rmtree(tmp, ignore_errors=True)
+        tmp.unlink(missing_ok=True)  # a failed compile leaves no half-written package
     return out
 
 

@@ -77,13 +77,17 @@ def check_loaded(model: nn.Module, where) -> None:
                     raise ValueError(f"{where}: {name}.{pname} was not loaded or is not finite")
 
 
+def base_model_type(config) -> str:
+    """The architecture's model_type, also under the subclass that writes model_type "svdzip"."""
+    return getattr(type(config), "base_model_type", None) or config.model_type
+
+
 def hf_config_dict(config, modules: dict) -> dict:
     """config.json of an svdzip directory: the model's config, model_type "svdzip", and the
     quantization_config that rebuilds it."""
     d = config.to_dict()
-    base = getattr(type(config), "base_model_type", None) or d["model_type"]
     d["quantization_config"] = {"quant_method": MODEL_TYPE, "format_version": FORMAT_VERSION,
-                                "base_model_type": base, "modules": modules}
+                                "base_model_type": base_model_type(config), "modules": modules}
     d["model_type"] = MODEL_TYPE
     return d
 

@@ -166,20 +166,28 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
+def _located(name_or_path: str) -> tuple[Path, bool]:
+    """The directory to read, and whether it is an svdzip output (else a Hugging Face one)."""
+    path = Path(name_or_path)
+    if (path / "svdzip_config.json").is_file():
+        return path, True
+    return resolve(name_or_path), False
+
+
+def _model_at(path: Path, compressed: bool, dtype: torch.dtype | None):
+    from transformers import AutoModelForCausalLM
+
+    if compressed:
+        from .io import load_compressed
+        return load_compressed(path, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto").eval()
+
+
 def load_model(name_or_path: str, dtype: torch.dtype | str | None = None):
     """The model alone (no tokenizer needed) for an alias, a Hugging Face directory, or an
     svdzip output dir. dtype None keeps the dtype the checkpoint was saved in."""
-    from transformers import AutoModelForCausalLM
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    dtype = parse_dtype(dtype)
-    path = Path(name_or_path)
-    if (path / "svdzip_config.json").is_file():
-        from .io import load_compressed
-        return load_compressed(path, dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path),
-                                                 dtype=dtype if dtype is not None else "auto")
-    return model.eval()
+    return _model_at(*_located(name_or_path), parse_dtype(dtype))
 
 
 def load(name_or_path: str, dtype: torch.dtype | str | None = None):
@@ -187,7 +195,6 @@ def load(name_or_path: str, dtype: torch.dtype | str | None = None):
     dtype None keeps the dtype the checkpoint was saved in."""
     from transformers import AutoTokenizer
 
-    model = load_model(name_or_path, dtype)
-    path = Path(name_or_path)
-    return model, AutoTokenizer.from_pretrained(path if (path / "svdzip_config.json").is_file()
-                                                else resolve(name_or_path))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path, compressed = _located(name_or_path)
+    return _model_at(path, compressed, parse_dtype(dtype)), AutoTokenizer.from_pretrained(path)

@@ -86,6 +86,7 @@ def whitening_factor(G: torch.Tensor, jitter: float = 1e-6) -> Whitening:
     return Whitening(F, _reference.PATHS[int(path)], float(shift), int(clamped))
 
 
+LOWRANK_PATHS = ("aten", "op")
 _LOWRANK_PATH = ["op"]  # "op": the native op where it has a kernel; "aten": two matmuls always
 
 
@@ -94,8 +95,8 @@ def lowrank_path(path: str):
     """Within: LowRankLinear runs as svdzip::lowrank_linear ("op", the default where the native
     op has a kernel) or as two aten matmuls ("aten"): what torch.export puts in a graph that must
     run without svdzip's library (export.py)."""
-    if path not in ("op", "aten"):
-        raise ValueError(f"lowrank_path: {path!r} is not 'op' or 'aten'")
+    if path not in LOWRANK_PATHS:
+        raise ValueError(f"lowrank_path: {path!r} is not one of {', '.join(LOWRANK_PATHS)}")
     before = _LOWRANK_PATH[0]
     _LOWRANK_PATH[0] = path
     try:
