@@ -24,14 +24,14 @@ import torch
 from _timing import RESULTS, machine, write_json
 import svdzip as sz
 from svdzip import api, data, eval as ev, models
-from svdzip.config import CONFIGS
+from svdzip.config import CONFIGS, build_config
 from svdzip.plot import plot_ranks
 
 
 def config_for(method: str, ratio: float, allocation: str, last_fraction: float):
     if allocation == "last_blocks":
-        return CONFIGS[method](ratio=ratio, last_blocks=round(last_fraction * 30))
-    return CONFIGS[method](ratio=ratio, allocation=allocation)
+        return build_config(method, ratio=ratio, last_blocks=round(last_fraction * 30))
+    return build_config(method, ratio=ratio, allocation=allocation)
 
 
 def main() -> None:

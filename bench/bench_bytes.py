@@ -82,7 +82,7 @@ def _config(recipe: str, ratio: float, factor_bits: int, base_bits: int = 0, bas
           "group_size": group_size, "base_method": base_method, "bits": bits}
     if recipe == "best":  # under a base: uniform ratios and the plain objective (config_quant.py says why)
         return sz.recipe("best", **kw, **({"allocation": "uniform", "objective": "plain"} if base_bits else {}))
-    return sz.SVDLLMConfig(**kw)
+    return sz.build_config("svd_llm", **kw)
 
 
 def _bits(model, names: list[str], dense_weights: int) -> float:

@@ -31,6 +31,8 @@ import torch
 
 from _timing import machine, write_json
 
+from svdzip.config import build_config
+
 ALL_METHODS = ["svd", "fwsvd", "asvd", "svd_llm", "nsvd", "ressvd"]
 GRAM_METHODS = {"svd_llm", "nsvd", "ressvd"}
 SVDS_PER_MODULE = {"svd": 1, "fwsvd": 1, "asvd": 1, "svd_llm": 1, "nsvd": 2, "ressvd": 2}
@@ -128,7 +130,7 @@ def child_run(args, method: str, mode: str) -> dict:
 
     model, tok, calib = _setup(args)
     rss_loaded, anon_loaded = _rss_mb(), _anon_mb()
-    cfg = CONFIGS[method](ratio=args.ratio, sequential=mode == "sequential",
+    cfg = build_config(method, ratio=args.ratio, sequential=mode == "sequential",
                           gram_products=args.gram_products[0])
     with AnonPeak() as anon:
         rep = sz.compress(model, cfg, calib, progress=False)

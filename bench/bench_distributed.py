@@ -29,6 +29,8 @@ import torch
 from _timing import machine, write_json
 from bench_compress import AnonPeak, _anon_mb
 
+from svdzip.config import build_config
+
 HERE = Path(__file__).resolve()
 
 
@@ -36,7 +38,7 @@ def _config(spec: str, ratio: float):
     from svdzip.config import CONFIGS
 
     method, _, mode = spec.partition(":")
-    return CONFIGS[method](ratio=ratio, sequential=mode == "seq")
+    return build_config(method, ratio=ratio, sequential=mode == "seq")
 
 
 def child(args) -> None:

@@ -22,7 +22,7 @@ from _timing import machine, write_json
 from bench_compress import AnonPeak, _anon_mb
 import svdzip as sz
 from svdzip import data, eval as ev, models
-from svdzip.config import CONFIGS
+from svdzip.config import CONFIGS, build_config
 
 DEFAULT_ROWS = [f"{m}:oneshot:0.8" for m in ("svd", "asvd", "svd_llm", "nsvd", "ressvd")] + \
     ["svd_llm:oneshot:0.6", "nsvd:oneshot:0.6", "ressvd:oneshot:0.6"] + \
@@ -39,7 +39,7 @@ def _row_config(spec: str):
     kw = {"ratio": float(parts[2]), "sequential": parts[1] == "sequential"}
     if len(parts) == 4:
         kw["allocation"] = parts[3]
-    return CONFIGS[parts[0]](**kw)
+    return build_config(parts[0], **kw)
 
 
 def _model_mb(model) -> float:
@@ -84,8 +84,8 @@ def main() -> None:
         with AnonPeak() as anon:
             rep = sz.compress(m, cfg, calib, progress=False, calibration_info={"source": "wiki", "bos": use_bos})
         ppl = ev.evaluate(m, tok, sets, args.seqlen, args.max_windows, progress=False, bos=use_bos)
-        row = {"row": spec, "method": cfg.method, "mode": "sequential" if cfg.sequential else "oneshot",
-               "ratio": cfg.ratio, "allocation": cfg.allocation, "ppl": ppl,
+        row = {"row": spec, "method": cfg.method, "mode": "sequential" if cfg.calibration.sequential else "oneshot",
+               "ratio": cfg.ratio, "allocation": cfg.strategy, "ppl": ppl,
                "ratio_targets": rep.ratio_targets, "ratio_model": rep.ratio_model,
                "params_after": rep.model_params_after, "seconds_stats": rep.seconds_stats,
                "seconds_decompose": rep.seconds_decompose, "seconds_total": rep.seconds_total,

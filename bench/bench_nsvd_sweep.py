@@ -30,7 +30,7 @@ import torch
 from _timing import machine, write_json
 import svdzip as sz
 from svdzip import api, data, eval as ev, models
-from svdzip.config import CONFIGS
+from svdzip.config import CONFIGS, build_config
 
 
 def variants(args):
@@ -97,7 +97,7 @@ def main() -> None:
     for ratio in args.ratios:
         for label, method, fields in variants(args):
             model = copy.deepcopy(dense)
-            rep = sz.compress(model, CONFIGS[method](ratio=ratio, **fields), calib, progress=False, stats=stats)
+            rep = sz.compress(model, build_config(method, ratio=ratio, **fields), calib, progress=False, stats=stats)
             ppl = ev.evaluate(model, tok, sets, args.seqlen, args.max_windows, progress=False)
             out["rows"].append({"label": label, "method": method, "ratio": ratio, **fields, "ppl": ppl,
                                 "ratio_targets": rep.ratio_targets, "params_after": rep.model_params_after,

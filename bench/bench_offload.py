@@ -38,6 +38,8 @@ from _cgroup import run_capped
 from _timing import machine, write_json
 from bench_compress import AnonPeak, _anon_mb, _status_mb
 
+from svdzip.config import build_config
+
 HERE = Path(__file__).resolve()
 
 
@@ -62,7 +64,7 @@ def _config(spec: str, sensitivity_ratios: list[float]):
     method, _, allocation = spec.partition("+")
     if not allocation:
         return CONFIGS[method](ratio=0.8)
-    return CONFIGS[method](ratio=0.8, allocation=allocation, sensitivity_ratios=tuple(sensitivity_ratios))
+    return build_config(method, ratio=0.8, allocation=allocation, sensitivity_ratios=tuple(sensitivity_ratios))
 
 
 def child(kind: str, model: str, method: str, out: str, n_samples: int, sensitivity_ratios) -> dict:

@@ -20,7 +20,7 @@ import torch
 from _timing import machine, write_json
 import svdzip as sz
 from svdzip import api, data, eval as ev, models
-from svdzip.config import CONFIGS
+from svdzip.config import CONFIGS, build_config
 
 ALL_METHODS = ["svd", "fwsvd", "asvd", "svd_llm", "nsvd", "ressvd"]
 
@@ -67,7 +67,7 @@ def main() -> None:
             if method == "fwsvd" and mode == "sequential":
                 continue  # Fisher needs whole-model gradients: one-shot only
             for ratio in args.ratios:
-                cfg = CONFIGS[method](ratio=ratio, sequential=mode == "sequential",
+                cfg = build_config(method, ratio=ratio, sequential=mode == "sequential",
                                       gram_products=args.gram_products)
                 stats, stat_s = (oneshot_stats(cfg) if mode == "oneshot" and method != "svd" else (None, 0.0))
                 m, _ = models.load("smollm2-135m")

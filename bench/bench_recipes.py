@@ -21,6 +21,8 @@ import time
 
 from _timing import machine, write_json
 
+from svdzip.config import build_config
+
 # name -> config fields (sequential / objective / allocation / refine)
 _BLOCK = {"loss_importance": "block"}  # the loss allocation's default before "probe" existed
 RECIPES = {
@@ -78,7 +80,7 @@ def _child(spec: dict) -> dict:
     torch.set_num_threads(2)
     model, tok = models.load("smollm2-135m")
     calib = data.calibration_batches(tok, n_samples=32, seqlen=512)
-    cfg = CONFIGS[spec["method"]](ratio=spec["ratio"], **RECIPES[spec["recipe"]])
+    cfg = build_config(spec["method"], ratio=spec["ratio"], **RECIPES[spec["recipe"]])
     t0, start_mb = time.perf_counter(), _status_mb("RssAnon")
     with AnonPeak() as peak:
         rep = sz.compress(model, cfg, calib, progress=False)

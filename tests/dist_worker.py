@@ -21,13 +21,13 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import svdzip as sz  # noqa: E402
-from svdzip.config import CONFIGS  # noqa: E402
+from svdzip.config import CONFIGS, build_config  # noqa: E402
 from tiny_models import calib, tiny  # noqa: E402
 
 
 def config(spec: dict):
     spec = dict(spec)
-    return CONFIGS[spec.pop("method")](**spec)
+    return build_config(spec.pop("method"), **spec)
 
 
 def factors(model) -> dict:
@@ -81,7 +81,7 @@ def run_failure(out: Path, mode: str) -> None:
                 raise RuntimeError("injected failure in block 1")
             return original(self, layer, i, *args, **kwargs)
         streams.Streams.run = broken
-    sz.compress(tiny("llama"), sz.SVDLLMConfig(ratio=0.6, sequential=True), calib(5), progress=False)
+    sz.compress(tiny("llama"), sz.build_config("svd_llm", ratio=0.6, sequential=True), calib(5), progress=False)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import svdzip as sz
+from svdzip.config import build_config
 from svdzip import allocation, api
 from svdzip.pipeline import replay, trials
 from svdzip.pipeline.walk import find_targets
@@ -61,7 +62,7 @@ def test_running_from_block_zero_reproduces_model_ppl(arch):
 
 def test_sensitivity_compress_cache_and_report(tmp_path, monkeypatch):
     monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path))
-    cfg = sz.SVDLLMConfig(ratio=0.6, allocation="sensitivity", sensitivity_ratios=(0.3, 0.6, 0.9),
+    cfg = sz.build_config("svd_llm", ratio=0.6, allocation="sensitivity", sensitivity_ratios=(0.3, 0.6, 0.9),
                           sensitivity_seqlen=16)
     model = tiny("llama")
     rep = sz.compress(model, cfg, calib(), progress=False)
@@ -89,19 +90,19 @@ def test_sensitivity_compress_cache_and_report(tmp_path, monkeypatch):
 
 def test_sensitivity_key_changes_with_calibration(tmp_path):
     model = tiny("llama")
-    cfg = sz.SVDConfig(allocation="sensitivity")
+    cfg = sz.build_config("svd", allocation="sensitivity")
     _, targets = find_targets(model, cfg)
     weights = [(t.name, t.module.weight) for t in targets]
     k1 = allocation.cache_key(cfg, calib(2, 16), weights)
     k2 = allocation.cache_key(cfg, calib(2, 16) + 1, weights)
-    k3 = allocation.cache_key(sz.SVDConfig(allocation="sensitivity", ratio=0.5), calib(2, 16), weights)
+    k3 = allocation.cache_key(sz.build_config("svd", allocation="sensitivity", ratio=0.5), calib(2, 16), weights)
     k4 = allocation.cache_key(cfg, calib(2, 16), weights[:1] + [(weights[1][0], weights[1][1] * 2)] + weights[2:])
     assert k1 != k2 and k1 == k3 and k1 != k4  # the ratio does not change the trials; weights do
     # nor do the options the trials never read (a new loss_* option once made every table miss)
-    other = sz.SVDConfig(allocation="sensitivity", loss_probe_ratio=0.7, loss_importance="block", refine_epochs=2,
+    other = sz.build_config("svd", allocation="sensitivity", loss_probe_ratio=0.7, loss_importance="block", refine_epochs=2,
                          sequential=True, compensation=0.5)
     assert allocation.cache_key(other, calib(2, 16), weights) == k1
-    assert allocation.cache_key(sz.SVDConfig(allocation="sensitivity", sensitivity_windows=3), calib(2, 16),
+    assert allocation.cache_key(sz.build_config("svd", allocation="sensitivity", sensitivity_windows=3), calib(2, 16),
                                 weights) != k1
 
 
@@ -114,14 +115,14 @@ def test_sensitivity_key_changes_with_calibration(tmp_path):
 ])
 def test_allocation_config_errors(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
-        sz.SVDConfig(**kwargs)
+        sz.build_config("svd", **kwargs)
 
 
 def test_last_blocks_sets_allocation_and_sensitivity_needs_calibration():
-    assert sz.SVDConfig(last_blocks=2).allocation == "last_blocks"
-    assert sz.ResSVDConfig().allocation == "last_blocks"
+    assert sz.build_config("svd", last_blocks=2).strategy == "last_blocks"
+    assert sz.ResSVDConfig().strategy == "last_blocks" and sz.ResSVDConfig().allocation.strategy is None
     with pytest.raises(ValueError, match="needs calibration"):
-        api.compress(tiny("llama"), sz.SVDConfig(allocation="sensitivity"), None, progress=False)
+        api.compress(tiny("llama"), sz.build_config("svd", allocation="sensitivity"), None, progress=False)
 
 
 def test_sweep_groups_cover_every_target_block_within_the_memory():
@@ -139,7 +140,7 @@ def test_sweeps_of_any_size_give_the_same_table(method):
     from svdzip.config import CONFIGS
     from svdzip.pipeline.source import InMemory
 
-    cfg = CONFIGS[method](ratio=0.6, allocation="sensitivity", sensitivity_ratios=(0.3, 0.9), sensitivity_seqlen=16)
+    cfg = build_config(method, ratio=0.6, allocation="sensitivity", sensitivity_ratios=(0.3, 0.9), sensitivity_seqlen=16)
     model = tiny("qwen2")
     _, targets = find_targets(model, cfg)
     tokens = allocation.trial_slice(calib(), cfg)

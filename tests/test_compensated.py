@@ -85,9 +85,8 @@ def test_shape_mismatch_is_refused():
 ])
 def test_config_refuses_what_cannot_work(kw, msg):
     kw = {"objective": "compensated", **kw}
-    cls = sz.config.CONFIGS[kw.pop("method")]
     with pytest.raises(ValueError, match=msg):
-        cls(ratio=0.6, **kw)
+        sz.build_config(ratio=0.6, **kw)
 
 
 def _inputs(model, name, ids):
@@ -102,8 +101,8 @@ def test_pipeline_fits_the_compressed_inputs_to_the_dense_outputs(arch):
     ids = calib(8, 32)  # 256 tokens > 128 channels: every Gram non-singular, so X̃ = X gives T = I
     dense = tiny(arch)
     plain, comp = tiny(arch), tiny(arch)
-    sz.compress(plain, sz.SVDLLMConfig(ratio=0.5, sequential=True), ids, progress=False)
-    rep = sz.compress(comp, sz.SVDLLMConfig(ratio=0.5, sequential=True, objective="compensated"), ids,
+    sz.compress(plain, sz.build_config("svd_llm", ratio=0.5, sequential=True), ids, progress=False)
+    rep = sz.compress(comp, sz.build_config("svd_llm", ratio=0.5, sequential=True, objective="compensated"), ids,
                       progress=False)
     assert rep.modules[0].notes["compensation_whitening"] in ("cholesky", "cholesky+jitter", "eigen")
     # block 0 sees the dense model's inputs either way: X̃ = X, so the same factors

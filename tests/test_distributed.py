@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import svdzip as sz
-from svdzip.config import CONFIGS
+from svdzip.config import CONFIGS, build_config
 from svdzip.pipeline.group import assign_owners, shares, stats_destinations
 from svdzip.pipeline.walk import find_targets
 
@@ -102,7 +102,7 @@ def _single(case: dict, tmp_path, monkeypatch):
     monkeypatch.setenv("SVDZIP_CACHE", str(tmp_path / "cache"))
     spec = dict(case["config"])
     model = tiny(case["arch"]).to(getattr(torch, case.get("dtype", "float32")))
-    rep = sz.compress(model, CONFIGS[spec.pop("method")](**spec), calib(case["windows"]), progress=False)
+    rep = sz.compress(model, build_config(spec.pop("method"), **spec), calib(case["windows"]), progress=False)
     return model, rep
 
 
@@ -257,7 +257,7 @@ def test_offloaded_distributed_equals_one_process_and_resumes_identically(tmp_pa
     for name, spec in OFFLOAD_CONFIGS.items():
         spec = dict(spec)
         windows = OFFLOAD_WINDOWS.get(name, WINDOWS)
-        compress_checkpoint(ckpt, tmp_path / "one" / name, CONFIGS[spec.pop("method")](**spec), calib(windows),
+        compress_checkpoint(ckpt, tmp_path / "one" / name, build_config(spec.pop("method"), **spec), calib(windows),
                             progress=False, trial_memory=1)
         got, ref = _tensors(out / name), _tensors(tmp_path / "one" / name)
         assert set(got) == set(ref), name

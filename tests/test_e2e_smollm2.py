@@ -49,7 +49,7 @@ def test_full_protocol_and_sequential(smol):
     _, _, plain = _ppl_after("svd", stats, ids)
     _, _, oneshot = _ppl_after("nsvd", stats, ids)
     model, _ = models.load("smollm2-135m")
-    sz.compress(model, sz.NSVDConfig(ratio=0.8, sequential=True), calib, progress=False)
+    sz.compress(model, sz.build_config("nsvd", ratio=0.8, sequential=True), calib, progress=False)
     seq = ev.perplexity(model, ids, progress=False)
     print(f"wiki ppl (60 windows) svd {plain:.1f}, nsvd one-shot {oneshot:.2f}, sequential {seq:.2f}")
     assert oneshot * 100 <= plain and seq * 100 <= plain

@@ -171,7 +171,7 @@ def test_cli_export_error_is_one_line(tmp_path, capsys):
 def test_quantized_layers_are_refused_by_name():
     model = tiny("llama", layers=1)
     calib = torch.randint(0, 128, (8, 24), generator=torch.Generator().manual_seed(1))
-    sz.compress(model, sz.SVDLLMConfig(ratio=0.8, factor_bits=8), calib, progress=False)
+    sz.compress(model, sz.build_config("svd_llm", ratio=0.8, factor_bits=8), calib, progress=False)
     with pytest.raises(export.ExportError, match="quantized layers .e.g. model.layers.0"):
         export.export_program(model, 16)
 

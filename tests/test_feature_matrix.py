@@ -9,7 +9,7 @@ import torch
 
 import svdzip as sz
 from svdzip.allocation import STRATEGIES
-from svdzip.config import ALLOCATIONS, CONFIGS
+from svdzip.config import ALLOCATIONS, CONFIGS, build_config
 from svdzip.offload import compress_checkpoint
 from svdzip.pipeline.checkpoint import Checkpoint
 
@@ -29,7 +29,7 @@ def _config(method, allocation, objective):
     kw = dict(ratio=0.6, allocation=allocation, objective=objective, **OPTIONS[allocation])
     if objective == "compensated" or method != "fwsvd" and allocation == "loss":
         kw["sequential"] = True  # compensated needs it; loss with sequential is the recipe's pipeline
-    return CONFIGS[method](**kw)
+    return build_config(method, **kw)
 
 
 def _refusal(case) -> str | None:
@@ -51,10 +51,13 @@ def test_the_matrix_covers_every_registered_method_and_strategy():
 
 def test_what_the_config_refuses_is_said_with_the_reason():
     """The combinations refused before any mode runs (the same for every mode): compensated
-    without a whitened first stage, FWSVD sequential."""
+    without a whitened first stage, FWSVD sequential, a uniform allocation for ResSVD (which
+    compresses only the last blocks: the config says so instead of running another strategy)."""
     assert REFUSED, "some combinations are refused"
     for (method, allocation, objective), msg in REFUSED.items():
-        assert "compensated" in msg or "sequential" in msg, (method, allocation, objective, msg)
+        uniform_last = allocation == "uniform" and "compresses only the last blocks" in msg
+        assert "compensated" in msg or "sequential" in msg or uniform_last, (method, allocation, objective, msg)
+    assert ("ressvd", "uniform", "plain") in REFUSED and ("ressvd", "last_blocks", "plain") in CASES
 
 
 def _outcome(fn):

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "python" / "svdzip"
 
 # lowest first; a module may import its own layer and those below. A prefix names a package.
 LAYERS = [
-    ("leaves", ["version", "config", "config_methods", "config_quant", "dtypes", "rank", "report", "paths", "_native", "_reference", "_C", "rope",
+    ("leaves", ["version", "config", "config_methods", "config_parts", "config_quant", "dtypes", "rank", "report", "paths", "_native", "_reference", "_C", "rope",
                 "benchmark", "calibration.adequacy", "pipeline.integrity", "pipeline.outdir", "pipeline.memory",
                 "pipeline.budget", "pipeline.group", "pipeline.inplace"]),
     ("ops", ["ops"]),

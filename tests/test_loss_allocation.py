@@ -111,7 +111,7 @@ def test_spectra_give_each_module_its_whitened_truncation_loss():
         W = t.module.weight.detach().double()
         G = stats[t.name]["gram"]
         from svdzip.methods.weighting import truncate, whitened
-        A, B = truncate(W, 5, whitened(G, cfg.jitter))
+        A, B = truncate(W, 5, whitened(G, cfg.calibration.jitter))
         D = W - A @ B
         assert torch.isclose(torch.trace(D @ G @ D.T), spectra[t.name][5:].sum(), rtol=1e-6)
 
@@ -119,7 +119,7 @@ def test_spectra_give_each_module_its_whitened_truncation_loss():
 @pytest.mark.parametrize("importance", ["probe", "block", "fisher", "relative"])
 def test_loss_allocation_compresses_within_the_budget(importance):
     model, ids = tiny("qwen2"), calib(8, 32)
-    rep = sz.compress(model, sz.NSVDConfig(ratio=0.6, allocation="loss", loss_importance=importance,
+    rep = sz.compress(model, sz.build_config("nsvd", ratio=0.6, allocation="loss", loss_importance=importance,
                                            loss_windows=3), ids, progress=False)
     assert rep.allocation["kind"] == "loss" and rep.allocation["importance"] == importance
     assert 0.58 < rep.ratio_targets < 0.61  # (q/k/v biases count in the report, not in the budget)
@@ -133,13 +133,13 @@ def test_loss_allocation_compresses_within_the_budget(importance):
 
 def test_loss_allocation_config_errors(tmp_path):
     with pytest.raises(ValueError, match="loss_importance"):
-        sz.SVDLLMConfig(allocation="loss", loss_importance="gradient")
+        sz.build_config("svd_llm", allocation="loss", loss_importance="gradient")
     with pytest.raises(ValueError, match="loss_windows"):
-        sz.SVDLLMConfig(allocation="loss", loss_windows=0)
+        sz.build_config("svd_llm", allocation="loss", loss_windows=0)
     with pytest.raises(ValueError, match="loss_probe_windows"):
-        sz.SVDLLMConfig(allocation="loss", loss_probe_windows=0)
+        sz.build_config("svd_llm", allocation="loss", loss_probe_windows=0)
     with pytest.raises(ValueError, match="loss_probe_ratio"):
-        sz.SVDLLMConfig(allocation="loss", loss_probe_ratio=1.5)
+        sz.build_config("svd_llm", allocation="loss", loss_probe_ratio=1.5)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import svdzip as sz
-from svdzip.config import CONFIGS
+from svdzip.config import CONFIGS, build_config
 from svdzip.offload import compress_checkpoint
 from svdzip.pipeline.checkpoint import Checkpoint, CheckpointError
 from svdzip.pipeline.sink import ResumeMismatch
@@ -47,7 +47,7 @@ def _in_memory(arch, cfg, out, layers=3):
 @pytest.mark.parametrize("method,sequential,objective", [(m, s, "plain") for m in METHODS for s in (False, True)]
                          + [(m, True, "compensated") for m in ("svd_llm", "nsvd", "ressvd")])
 def test_every_method_offloaded_equals_in_memory(tmp_path, method, sequential, objective):
-    cfg = CONFIGS[method](ratio=0.6, sequential=sequential, objective=objective)
+    cfg = build_config(method, ratio=0.6, sequential=sequential, objective=objective)
     model = _in_memory("llama", cfg, tmp_path / "mem")
     rep = compress_checkpoint(_checkpoint(tmp_path, shard="40KB"), tmp_path / "off", cfg, calib(),
                               progress=False)
@@ -62,14 +62,14 @@ def test_every_method_offloaded_equals_in_memory(tmp_path, method, sequential, o
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 @pytest.mark.parametrize("shard", [None, "40KB"])
 def test_every_architecture_single_file_and_sharded(tmp_path, arch, shard):
-    cfg = sz.NSVDConfig(ratio=0.6, sequential=True)
+    cfg = sz.build_config("nsvd", ratio=0.6, sequential=True)
     _in_memory(arch, cfg, tmp_path / "mem")
     compress_checkpoint(_checkpoint(tmp_path, arch, shard), tmp_path / "off", cfg, calib(), progress=False)
     _same_tensors(tmp_path / "mem", tmp_path / "off")
 
 
 def test_last_blocks_leave_early_blocks_dense_and_written(tmp_path):
-    cfg = sz.SVDLLMConfig(ratio=0.8, last_blocks=1)
+    cfg = sz.build_config("svd_llm", ratio=0.8, last_blocks=1)
     _in_memory("llama", cfg, tmp_path / "mem")
     compress_checkpoint(_checkpoint(tmp_path), tmp_path / "off", cfg, calib(), progress=False)
     _same_tensors(tmp_path / "mem", tmp_path / "off")
@@ -139,7 +139,7 @@ _KILLER = textwrap.dedent("""
 
 
 def _killed_run(tmp_path, ckpt, out, k=1, seq=True, cfg=None):
-    cfg = cfg or f"sz.NSVDConfig(ratio=0.6, sequential={seq})"
+    cfg = cfg or f"sz.build_config('nsvd', ratio=0.6, sequential={seq})"
     script = _KILLER.format(tests=str(TESTS), k=k, ckpt=str(ckpt), out=str(out), cfg=cfg)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -149,10 +149,10 @@ def _killed_run(tmp_path, ckpt, out, k=1, seq=True, cfg=None):
 def test_sigkilled_run_resumes_to_an_identical_output(tmp_path, sequential, objective):
     # compensated: the resume point holds the dense stream beside the compressed one
     ckpt = _checkpoint(tmp_path, layers=4, shard="60KB")
-    cfg = sz.NSVDConfig(ratio=0.6, sequential=sequential, objective=objective)
+    cfg = sz.build_config("nsvd", ratio=0.6, sequential=sequential, objective=objective)
     compress_checkpoint(ckpt, tmp_path / "whole", cfg, calib(), progress=False)
     out = tmp_path / "resumed"
-    _killed_run(tmp_path, ckpt, out, k=1, cfg=f"sz.NSVDConfig(ratio=0.6, sequential={sequential}, "
+    _killed_run(tmp_path, ckpt, out, k=1, cfg=f"sz.build_config('nsvd', ratio=0.6, sequential={sequential}, "
                                              f"objective={objective!r})")
     assert not out.exists()
     progress = json.loads((tmp_path / "resumed.partial" / ".resume" / "progress.json").read_text())
@@ -171,9 +171,9 @@ def test_resume_with_other_config_or_calibration_is_refused(tmp_path):
     out = tmp_path / "out"
     _killed_run(tmp_path, ckpt, out, k=0)
     with pytest.raises(ResumeMismatch, match="different config"):
-        compress_checkpoint(ckpt, out, sz.NSVDConfig(ratio=0.5, sequential=True), calib(), progress=False)
+        compress_checkpoint(ckpt, out, sz.build_config("nsvd", ratio=0.5, sequential=True), calib(), progress=False)
     with pytest.raises(ResumeMismatch, match="different calibration"):
-        compress_checkpoint(ckpt, out, sz.NSVDConfig(ratio=0.6, sequential=True), calib(5), progress=False)
+        compress_checkpoint(ckpt, out, sz.build_config("nsvd", ratio=0.6, sequential=True), calib(5), progress=False)
     assert (tmp_path / "out.partial" / ".resume" / "progress.json").is_file()  # kept for a real resume
 
 
@@ -248,12 +248,12 @@ def test_max_memory_refuses_before_starting(tmp_path, capsys):
 _TRIALS = dict(allocation="sensitivity", sensitivity_ratios=(0.3, 0.6, 0.9), sensitivity_seqlen=16)
 PREPASS_CONFIGS = {
     "fwsvd": sz.FWSVDConfig(ratio=0.6),
-    "svd_llm+sensitivity": sz.SVDLLMConfig(ratio=0.6, **_TRIALS),
-    "fwsvd+sensitivity": sz.FWSVDConfig(ratio=0.6, **_TRIALS),
-    "nsvd+sensitivity sequential": sz.NSVDConfig(ratio=0.6, sequential=True, **_TRIALS),
+    "svd_llm+sensitivity": sz.build_config("svd_llm", ratio=0.6, **_TRIALS),
+    "fwsvd+sensitivity": sz.build_config("fwsvd", ratio=0.6, **_TRIALS),
+    "nsvd+sensitivity sequential": sz.build_config("nsvd", ratio=0.6, sequential=True, **_TRIALS),
     # the loss allocation's Fisher passes (probe: block outputs; block: rows) out of core
     "best recipe (loss, probe)": sz.recipe("best", ratio=0.6, loss_windows=3, loss_probe_windows=2),
-    "svd_llm+loss block": sz.SVDLLMConfig(ratio=0.6, allocation="loss", loss_importance="block", loss_windows=3),
+    "svd_llm+loss block": sz.build_config("svd_llm", ratio=0.6, allocation="loss", loss_importance="block", loss_windows=3),
 }
 
 
@@ -272,9 +272,9 @@ def test_fisher_and_allocations_offloaded_equal_in_memory(tmp_path, monkeypatch,
     off = compress_checkpoint(_checkpoint(tmp_path, shard="40KB"), tmp_path / "off", cfg, calib(),
                               progress=False, trial_memory=1)
     _same_tensors(tmp_path / "mem", tmp_path / "off")
-    if cfg.allocation == "sensitivity":
+    if cfg.strategy == "sensitivity":
         assert off.allocation["cached"] is False and off.allocation["sweeps"] == 3
-    if cfg.allocation in ("sensitivity", "loss"):
+    if cfg.strategy in ("sensitivity", "loss"):
         assert off.allocation["ratios"] == mem.allocation["ratios"]
         assert len(set(off.allocation["ratios"].values())) > 1
 
@@ -287,7 +287,7 @@ def test_blockwise_fisher_equals_the_whole_model_backward(tmp_path, arch):
     from svdzip.pipeline.walk import find_targets
 
     model = tiny(arch)
-    _, targets = find_targets(model, sz.FWSVDConfig(ratio=0.6, last_blocks=2))
+    _, targets = find_targets(model, sz.build_config("fwsvd", ratio=0.6, last_blocks=2))
     flags = [p.requires_grad for p in model.parameters()]
     whole = row_fisher(model, targets, calib(), progress=False)
     source = InMemory(model)
@@ -330,7 +330,7 @@ def test_killed_after_the_prepass_resumes_without_redoing_it(tmp_path, monkeypat
     kept = tmp_path / "out.partial" / ".resume" / "prepass"
     assert {p.name for p in kept.iterdir()} >= {"fisher.json", "fisher.safetensors", "allocation.json"}
     with pytest.raises(ResumeMismatch, match="different config"):
-        compress_checkpoint(ckpt, out, sz.FWSVDConfig(ratio=0.5, **_TRIALS), calib(), progress=False)
+        compress_checkpoint(ckpt, out, sz.build_config("fwsvd", ratio=0.5, **_TRIALS), calib(), progress=False)
     assert (kept / "allocation.json").is_file()
 
     def must_not_run(*a, **k):

@@ -5,7 +5,7 @@ import torch
 
 import svdzip as sz
 from svdzip import api, ops
-from svdzip.config import CONFIGS
+from svdzip.config import CONFIGS, build_config
 from svdzip.nn import LowRankLinear
 from svdzip.pipeline import loop, replay
 from svdzip.pipeline.walk import decoder_layers
@@ -21,7 +21,7 @@ ARCHS = ["llama", "qwen2", "gemma3"]
 def test_compress_every_architecture(arch, sequential, method):
     model = tiny(arch)
     ids = calib()
-    cfg = CONFIGS[method](ratio=0.6, sequential=sequential)
+    cfg = build_config(method, ratio=0.6, sequential=sequential)
     rep = sz.compress(model, cfg, ids, progress=False)
     lowrank = [m for m in model.modules() if isinstance(m, LowRankLinear)]
     n_blocks = len(decoder_layers(model))
@@ -114,7 +114,7 @@ def test_fp32_gram_products_are_per_window_fp32_grams_summed_in_fp64():
         lambda m, a: windows.append(a[0].detach().reshape(-1, a[0].shape[-1]).clone()))
     try:
         fp64 = api.collect_statistics(model, sz.SVDLLMConfig(), ids, progress=False)[name]["gram"]
-        fp32 = api.collect_statistics(model, sz.SVDLLMConfig(gram_products="fp32"), ids,
+        fp32 = api.collect_statistics(model, sz.build_config("svd_llm", gram_products="fp32"), ids,
                                       progress=False)[name]["gram"]
     finally:
         handle.remove()
@@ -133,7 +133,7 @@ def test_fp32_gram_products_compress_close_to_fp64():
     ids = calib()
     a, b = tiny("llama"), tiny("llama")
     sz.compress(a, sz.SVDLLMConfig(ratio=0.6), ids, progress=False)
-    sz.compress(b, sz.SVDLLMConfig(ratio=0.6, gram_products="fp32"), ids, progress=False)
+    sz.compress(b, sz.build_config("svd_llm", ratio=0.6, gram_products="fp32"), ids, progress=False)
     with torch.no_grad():
         assert torch.allclose(a(ids).logits, b(ids).logits, atol=1e-3)
 
@@ -175,7 +175,7 @@ def test_sequential_fits_each_layer_to_the_compressed_models_inputs():
     dense_w = tiny("llama").model.layers[2].self_attn.q_proj.weight.detach().double()
     a, b = tiny("llama"), tiny("llama")
     sz.compress(a, sz.SVDLLMConfig(ratio=0.4), ids, progress=False)
-    sz.compress(b, sz.SVDLLMConfig(ratio=0.4, sequential=True), ids, progress=False)
+    sz.compress(b, sz.build_config("svd_llm", ratio=0.4, sequential=True), ids, progress=False)
     seen = []
     q = b.model.layers[2].self_attn.q_proj
     handle = q.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().reshape(-1, 64)))

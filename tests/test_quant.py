@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import svdzip as sz
 from svdzip import methods
-from svdzip.config import BASE_BITS, FACTOR_BITS, GROUP_SIZES, SVDConfig, SVDLLMConfig
+from svdzip.config import BASE_BITS, FACTOR_BITS, GROUP_SIZES, SVDConfig, SVDLLMConfig, build_config
 from svdzip.nn import QuantLowRankLinear, QuantMatrix, packing
 from svdzip.offload import compress_checkpoint
 from svdzip.pipeline.checkpoint import Checkpoint
@@ -78,11 +78,11 @@ def test_bad_formats_and_values_are_named():
         QuantMatrix.from_float(torch.tensor([[1e9, -1e9]]), 4, 32, "layer.q")
     for field, bad in (("factor_bits", 5), ("base_bits", 1), ("group_size", 100)):
         with pytest.raises(ValueError, match=field):
-            SVDLLMConfig(**{field: bad})
+            build_config("svd_llm", **{field: bad})
     with pytest.raises(ValueError, match="refine_epochs"):
-        SVDLLMConfig(factor_bits=8, sequential=True, refine_epochs=1)
+        build_config("svd_llm", factor_bits=8, sequential=True, refine_epochs=1)
     with pytest.raises(ValueError, match="compensated' with a quantized base ruins the model"):
-        SVDLLMConfig(base_bits=4, sequential=True, objective="compensated")
+        build_config("svd_llm", base_bits=4, sequential=True, objective="compensated")
 
 
 def _whitened_problem(seed=0, m=48, n=64):
@@ -130,7 +130,7 @@ QUANT_CONFIGS = [(f, b) for f in FACTOR_BITS for b in BASE_BITS if (f, b) != (16
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_quantized_model_saves_and_loads_bit_for_bit(tmp_path, arch, factor_bits, base_bits):
     model = tiny(arch)
-    cfg = SVDLLMConfig(ratio=0.1 if base_bits else 0.6, factor_bits=factor_bits, base_bits=base_bits,
+    cfg = build_config("svd_llm", ratio=0.1 if base_bits else 0.6, factor_bits=factor_bits, base_bits=base_bits,
                        group_size=GROUP_SIZES[0])
     with pytest.warns(UserWarning, match="calibration"):
         rep = sz.compress(model, cfg, calib(), progress=False)
@@ -155,7 +155,7 @@ def test_quantized_model_saves_and_loads_bit_for_bit(tmp_path, arch, factor_bits
 
 
 def test_offloaded_quantized_run_equals_in_memory(tmp_path):
-    cfg = SVDLLMConfig(ratio=0.1, factor_bits=8, base_bits=4, group_size=32, sequential=True)
+    cfg = build_config("svd_llm", ratio=0.1, factor_bits=8, base_bits=4, group_size=32, sequential=True)
     model = tiny("qwen2")
     model.save_pretrained(tmp_path / "ckpt")
     with pytest.warns(UserWarning):
@@ -171,7 +171,7 @@ def test_offloaded_quantized_run_equals_in_memory(tmp_path):
 def test_rank_map_with_an_unknown_bit_width_is_refused_by_name(tmp_path):
     model = tiny("llama")
     with pytest.warns(UserWarning):
-        sz.compress(model, SVDLLMConfig(ratio=0.6, factor_bits=8, group_size=32), calib(), progress=False)
+        sz.compress(model, build_config("svd_llm", ratio=0.6, factor_bits=8, group_size=32), calib(), progress=False)
     sz.save_compressed(model, tmp_path / "out")
     cfg = tmp_path / "out" / "config.json"
     cfg.write_text(cfg.read_text().replace('"factor_bits": 8', '"factor_bits": 6'))
@@ -211,7 +211,7 @@ def test_correction_on_a_gptq_base_lowers_the_error_of_gptq_alone(tmp_path):
     from svdzip.pipeline.ctbase import read_base
 
     model, ref = tiny("llama", 2), tiny("llama", 2)
-    cfg = SVDLLMConfig(ratio=0.1, factor_bits=8, base_bits=3, group_size=32, base_from=str(GPTQ_TINY))
+    cfg = build_config("svd_llm", ratio=0.1, factor_bits=8, base_bits=3, group_size=32, base_from=str(GPTQ_TINY))
     sz.compress(model, cfg, calib(8, 32), progress=False)
     layer = model.model.layers[1].self_attn.q_proj
     W = ref.model.layers[1].self_attn.q_proj.weight.double()
@@ -266,10 +266,10 @@ def test_a_byte_budget_is_met_by_the_largest_ratio_that_fits(factor_bits, base_b
     from svdzip.pipeline.walk import find_targets
 
     model = tiny("qwen2")
-    cfg = SVDLLMConfig(bits=bits, factor_bits=factor_bits, base_bits=base_bits, group_size=32)
+    cfg = build_config("svd_llm", bits=bits, factor_bits=factor_bits, base_bits=base_bits, group_size=32)
     rep = sz.compress(model, cfg, calib(), progress=False)
     assert rep.bits_per_weight() <= bits
-    assert rep.config["bits"] == bits and cfg.ratio == 0.8  # the caller's config is not rewritten
+    assert rep.config["output"]["bits"] == bits and cfg.ratio == 0.8  # the caller's config is not rewritten
     # one step more in ratio would not fit: the budget is used, not just respected
     _, targets = find_targets(tiny("qwen2"), cfg)
     r = ratio_for_bits(targets, cfg, torch.float32)
@@ -284,12 +284,12 @@ def test_a_byte_budget_is_met_by_the_largest_ratio_that_fits(factor_bits, base_b
 def test_a_byte_budget_below_rank_one_is_refused_with_the_minimum():
     with pytest.raises(ValueError, match=r"bits = 3.1 is below the least these targets can store: "
                                          r"\d\.\d+ bits per weight at rank 1 on a 3-bit base"):
-        sz.compress(tiny("llama"), SVDLLMConfig(bits=3.1, base_bits=3, factor_bits=8, group_size=32), calib(),
+        sz.compress(tiny("llama"), build_config("svd_llm", bits=3.1, base_bits=3, factor_bits=8, group_size=32), calib(),
                     progress=False)
     with pytest.raises(ValueError, match="bits = 0"):
-        SVDLLMConfig(bits=0)
+        build_config("svd_llm", bits=0)
     with pytest.raises(ValueError, match="overrides or last-blocks"):
-        SVDLLMConfig(bits=4, overrides={"*q_proj": 0.5})
+        build_config("svd_llm", bits=4, overrides={"*q_proj": 0.5})
 
 
 def test_cli_takes_one_budget(tmp_path):
@@ -316,20 +316,20 @@ def test_gptq_base_has_a_lower_output_error_than_rounding(bits):
 def test_gptq_base_in_the_pipeline_beats_rtn_base():
     def run(method):
         model = tiny("llama", 2)
-        cfg = SVDLLMConfig(ratio=0.05, base_bits=3, base_method=method, factor_bits=8, group_size=32)
+        cfg = build_config("svd_llm", ratio=0.05, base_bits=3, base_method=method, factor_bits=8, group_size=32)
         return sz.compress(model, cfg, calib(8, 32), progress=False)
     rtn, gptq = run("rtn"), run("gptq")
     mean = lambda rep: sum(m.out_rel_error for m in rep.modules) / len(rep.modules)  # noqa: E731
     assert mean(gptq) < mean(rtn)
     with pytest.raises(ValueError, match="base_method = 'gptq' rounds svdzip's own base"):
-        SVDLLMConfig(base_method="gptq")
+        build_config("svd_llm", base_method="gptq")
 
 
 def test_bits_per_weight_counts_targets_left_dense_at_the_model_dtype():
     from svdzip.config import ResSVDConfig
 
     model = tiny("llama", 4)
-    rep = sz.compress(model, ResSVDConfig(ratio=0.8, factor_bits=8, group_size=32), calib(), progress=False)
+    rep = sz.compress(model, build_config("ressvd", ratio=0.8, factor_bits=8, group_size=32), calib(), progress=False)
     assert rep.dense_target_weights > 0  # ResSVD leaves the first blocks dense
     compressed = [m.shape[0] * m.shape[1] for m in rep.modules]
     stored = sum(m.notes["bits_per_weight"] * w for m, w in zip(rep.modules, compressed))

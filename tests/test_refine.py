@@ -9,7 +9,7 @@ from tiny_models import calib, tiny
 
 
 def _cfg(**kw):
-    return sz.SVDLLMConfig(ratio=0.4, sequential=True, **{"refine_epochs": 4, "refine_lr": 1e-4, **kw})
+    return sz.build_config("svd_llm", ratio=0.4, sequential=True, **{"refine_epochs": 4, "refine_lr": 1e-4, **kw})
 
 
 @pytest.mark.parametrize("arch,weighting", [("llama", "channel"), ("qwen2", "channel"), ("gemma3", "channel"),
@@ -30,7 +30,7 @@ def test_refinement_is_deterministic_and_off_by_default():
     a, b, c = tiny("llama"), tiny("llama"), tiny("llama")
     sz.compress(a, _cfg(refine_seed=3), ids, progress=False)
     sz.compress(b, _cfg(refine_seed=3), ids, progress=False)
-    rep = sz.compress(c, sz.SVDLLMConfig(ratio=0.4, sequential=True), ids, progress=False)
+    rep = sz.compress(c, sz.build_config("svd_llm", ratio=0.4, sequential=True), ids, progress=False)
     assert rep.refinement == []
     for (n, p), (_, q), (_, r) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
         assert torch.equal(p, q), n
@@ -41,7 +41,7 @@ def test_refinement_is_deterministic_and_off_by_default():
 def test_nan_during_refinement_names_the_block_and_keeps_the_unrefined_factors(monkeypatch):
     ids = calib(16, 32)
     plain = tiny("llama")
-    sz.compress(plain, sz.SVDLLMConfig(ratio=0.4, sequential=True), ids, progress=False)
+    sz.compress(plain, sz.build_config("svd_llm", ratio=0.4, sequential=True), ids, progress=False)
     step = torch.optim.Adam.step
 
     def poisoned(self, *a, **k):
@@ -95,4 +95,4 @@ def test_channel_weights_equalise_the_channels_relative_error():
 ])
 def test_refinement_config_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        sz.SVDLLMConfig(ratio=0.5, **{"sequential": True, "refine_epochs": 2, **kw})
+        sz.build_config("svd_llm", ratio=0.5, **{"sequential": True, "refine_epochs": 2, **kw})

@@ -131,7 +131,7 @@ def test_damaged_block_of_an_interrupted_run_is_refused_on_resume(tmp_path):
     shard = next(partial.glob("*.safetensors"))
     _flip_a_byte(shard)
     with pytest.raises(ChecksumMismatch, match="checksum mismatch in .*delete .*out.partial"):
-        compress_checkpoint(ckpt, out, sz.NSVDConfig(ratio=0.6, sequential=True), calib(), progress=False)
+        compress_checkpoint(ckpt, out, sz.build_config("nsvd", ratio=0.6, sequential=True), calib(), progress=False)
     assert not out.exists()
 
 
@@ -156,7 +156,7 @@ def test_patterns_given_as_a_string_or_matching_nothing_are_refused():
                       (dict(overrides={"*.attn.*": 0.5}), "overrides")):
         model = tiny("llama")
         with pytest.raises(ValueError, match=f"{field} pattern .* matches no Linear inside the decoder blocks"):
-            sz.compress(model, sz.SVDLLMConfig(ratio=0.6, **kw), calib(), progress=False)
+            sz.compress(model, sz.build_config("svd_llm", ratio=0.6, **kw), calib(), progress=False)
         assert not any(isinstance(m, sz.LowRankLinear) for m in model.modules())  # nothing was touched
 
 

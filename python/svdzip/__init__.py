@@ -21,7 +21,7 @@ from .version import __version__
 
 _LAZY = {
     "compress": "api", "collect_statistics": "api", "calibration_batches": "data", "LowRankLinear": "nn",
-    "recipe": "config", "CompressConfig": "config", "SVDConfig": "config", "FWSVDConfig": "config",
+    "recipe": "config", "build_config": "config", "CompressConfig": "config", "SVDConfig": "config", "FWSVDConfig": "config",
     "ASVDConfig": "config", "SVDLLMConfig": "config", "NSVDConfig": "config", "NIDConfig": "config",
     "ResSVDConfig": "config",
 }

@@ -43,7 +43,7 @@ def collect_statistics(model, config: CompressConfig, calibration: torch.Tensor,
     driver.check_calibration(config, calibration, model)
     _, targets = find_targets(model, config)
     driver.check_weights(targets)
-    return _one_shot(model, targets, calibration, kinds, progress, config.gram_products)
+    return _one_shot(model, targets, calibration, kinds, progress, config.calibration.gram_products)
 
 
 def _one_shot(model, targets, calibration, kinds, progress, gram_products) -> dict[str, dict]:

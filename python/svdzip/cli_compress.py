@@ -6,93 +6,76 @@ import argparse
 import dataclasses
 
 from .cli_checks import UsageError, positive_int, window_length
-from .config import (ALLOCATIONS, BASE_BITS, BASE_METHODS, CONFIGS, FACTOR_BITS, GRAM_PRODUCTS, GROUP_SIZES, LOSS_IMPORTANCES, OBJECTIVES, RECIPES, REFINE_WEIGHTINGS,
-                     WEIGHTINGS, CompressConfig, method_name)
+from .config import CONFIGS, FLAT, PARTS, RECIPES, WEIGHTINGS, CompressConfig, build_config, method_name
 
-
-
-# config fields set by a flag of the same name (--loss-windows -> loss_windows): their choices and
-# defaults come from config.py, so the help can never disagree with the config
-CONFIG_FLAGS = {
-    "allocation": ("per-module ratios: uniform, last_blocks (with --last-blocks), sensitivity (ASVD "
-                   "trials, cached in $SVDZIP_CACHE/sensitivity) or loss (no trials: whitened spectra "
-                   "priced by the loss, budget solved exactly)", str, ALLOCATIONS),
-    "loss_importance": ("--allocation loss: how a module's output error is priced (probe: each module "
-                        "truncated alone, its block's output change scored with the Fisher there)", str,
-                        LOSS_IMPORTANCES),
-    "loss_windows": ("--allocation loss: calibration windows of the Fisher backward", int, None),
-    "loss_probe_windows": ("--loss-importance probe: windows each probe reruns its block on", int, None),
-    "loss_probe_ratio": ("--loss-importance probe: the ratio each module is truncated to", float, None),
-    "loss_min_ratio": ("--allocation loss: the lowest ratio any module gets (0 = rank 1)", float, None),
-    "sensitivity_ratios": ("candidate ratios of the sensitivity trials", float, None),
-    "sensitivity_windows": ("calibration windows the trials are scored on", int, None),
-    "sensitivity_seqlen": ("their length", int, None),
-    "gram_products": ("precision of each window's Gram product (the sum is fp64 either way; fp32 ~2x "
-                      "faster on CPU)", str, GRAM_PRODUCTS),
-    "objective": ("compensated: fit each layer, fed the compressed model's inputs, to the dense layer's "
-                  "outputs (needs --sequential and a whitened method)", str, OBJECTIVES),
-    "compensation": ("--objective compensated: strength beta in [0, 1]", float, None),
-    "refine_epochs": ("block-wise refinement (needs --sequential): epochs of Adam on each block's factors "
-                      "against the dense block's outputs (0 = off)", int, None),
-    "refine_lr": ("refinement learning rate", float, None),
-    "refine_weighting": ("refinement error: per-channel standardised (channel) or plain MSE (none)", str,
-                         REFINE_WEIGHTINGS),
-}
-QUANT_FLAGS = {  # bytes: docs/usage.md "Bytes"
-    "factor_bits": ("store the factors A, B in 8 bits (per row) or 4 bits (groups of --group-size), run by "
-                    "torch's integer kernels; 16 = the model's dtype", int, FACTOR_BITS),
-    "base_bits": ("also store the weight itself round-to-nearest in this many bits and fit the factors to "
-                  "its error (then --ratio is the share the correcting factors keep, e.g. 0.05); 0 = none",
-                  int, BASE_BITS),
-    "base_method": ("--base-bits: round the base to nearest (rtn) or by GPTQ on the layer's input Gram (gptq)",
-                    str, BASE_METHODS),
-    "group_size": ("columns per quantization group below 8 bits", int, GROUP_SIZES),
-    "bits": ("a byte budget instead of --ratio: average bits per targeted weight as stored (codes, scales, "
-             "factors), e.g. 4.25; the largest uniform ratio that fits is used", float, None),
-    "base_from": ("use the quantized weights of this compressed-tensors checkpoint (llm-compressor's GPTQ, "
-                  "symmetric 2-4 bit groups) as the base and fit the factors to its error; --base-bits and "
-                  "--group-size default to the checkpoint's", str, None),
-}
+# one help group per config part; each flag, its type, choices, default and help come from the
+# part's field (config_parts.py), so the help can never disagree with the config
+PART_TITLES = {"calibration": "calibration statistics", "allocation": "allocation: how the budget is spread",
+               "objective": "objective", "refinement": "block-wise refinement",
+               "output": "bytes: quantized factors, quantized base"}
 METHOD_FLAGS = {  # fields of some methods only: (help, type, choices)
     "alpha": ("asvd: exponent of the channel scaling", float, None),
     "stat": ("asvd: channel statistic", str, ("mean", "max")),
     "variant": ("nsvd/nid: Cholesky (I) or eigen (II) stage 1", str, ("I", "II")),
     "first_fraction": ("nsvd/nid/ressvd: share of the rank in stage 1", float, None),
-    "stage1": ("nsvd/nid/ressvd: weighting of stage 1", str, WEIGHTINGS),
+    "stage1": ("nsvd/nid/ressvd: weighting of stage 1 (default: whitened, eigen-whitened for variant II)", str,
+               WEIGHTINGS),
     "stage2": ("nsvd/nid/ressvd: weighting of stage 2", str, WEIGHTINGS),
     "last_fraction": ("ressvd: fraction of blocks compressed (from the end)", float, None),
 }
 
 
-def _defaults() -> dict:
-    """Each config field's default, from the dataclasses; a method option's per method
-    ("nid plain, nsvd asvd") where the methods differ."""
-    out = {f.name: f.default for f in dataclasses.fields(CompressConfig)}
+def _method_defaults() -> dict:
+    """A method option's default per method ("nid plain, nsvd asvd") where the methods differ."""
+    shared = {f.name for f in dataclasses.fields(CompressConfig)}
     own: dict[str, dict] = {}
     for method, cls in sorted(CONFIGS.items()):
         for f in dataclasses.fields(cls):
-            if f.name not in out:
+            if f.name not in shared:
                 own.setdefault(f.name, {})[method] = f.default
+    out = {}
     for name, per in own.items():
         values = set(map(str, per.values()))
         out[name] = values.pop() if len(values) == 1 else ", ".join(f"{m} {v}" for m, v in per.items())
     return out
 
 
-def _add_fields(group, flags: dict, defaults: dict) -> None:
-    for name, (text, kind, choices) in flags.items():
-        default = defaults.get(name)
-        default = " .. ".join(map(str, (default[0], default[-1]))) if isinstance(default, tuple) else default
+def _shown(default) -> str:
+    if isinstance(default, tuple):
+        return " .. ".join(map(str, (default[0], default[-1])))
+    return str(default)
+
+
+def _add_part(group, part_cls) -> None:
+    for f in dataclasses.fields(part_cls):
+        meta = f.metadata
+        if not meta.get("cli"):
+            continue
+        flag = meta.get("flag") or f.name
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = meta["help"] + ("" if default is None else f" (default {_shown(default)})")
+        if isinstance(default, bool):
+            group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
+                               action=argparse.BooleanOptionalAction, help=text)
+            continue
+        group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=meta.get("kind") or type(default),
+                           default=None, choices=list(meta["choices"]) if meta.get("choices") else None,
+                           nargs="+" if meta.get("many") else None, help=text)
+
+
+def _add_method_flags(group) -> None:
+    defaults = _method_defaults()
+    for name, (text, kind, choices) in METHOD_FLAGS.items():
+        shown = defaults.get(name)
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                            choices=list(choices) if choices else None,
-                           nargs="+" if name == "sensitivity_ratios" else None,
-                           help=f"{text} (default {default})")
+                           help=text if shown in (None, "None") else f"{text} (default {shown})")
 
 
 def add_compress(sub) -> None:
     p = sub.add_parser("compress", help="compress a model and save it",
                        description="Compress every Linear in the decoder blocks. --ratio is the fraction "
-                                   "of those parameters KEPT (0.8 = the papers' '20%% compression').")
+                                   "of those parameters KEPT (0.8 = the papers' '20% compression').")
     p.add_argument("model", help="Hugging Face directory or alias (smollm2-135m)")
     p.add_argument("out", help="output directory: must not exist or be empty (see --overwrite); never the "
                                 "model's own directory")
@@ -103,14 +86,11 @@ def add_compress(sub) -> None:
                       help="a named combination of options (docs/usage.md 'Recipes'); flags given explicitly win")
     what.add_argument("--ratio", type=float, default=None,
                       help="kept fraction of targeted parameters, in (0, 1] (default 0.8; not with --bits)")
-    what.add_argument("--sequential", action="store_true", help="statistics block by block on the compressed model")
-    what.add_argument("--last-blocks", type=int, default=None, help="compress only the last L blocks")
     what.add_argument("--ignore", nargs="*", default=[], help="glob patterns of modules to keep dense")
-    defaults = _defaults()
-    _add_fields(p.add_argument_group("allocation, objective, refinement"), CONFIG_FLAGS, defaults)
-    _add_fields(p.add_argument_group("bytes: quantized factors, quantized base"), QUANT_FLAGS, defaults)
-    _add_fields(p.add_argument_group("method options"), METHOD_FLAGS, defaults)
-    calib = p.add_argument_group("calibration")
+    _add_method_flags(p.add_argument_group("method options"))
+    for name, part_cls in PARTS.items():
+        _add_part(p.add_argument_group(PART_TITLES[name]), part_cls)
+    calib = p.add_argument_group("calibration text")
     calib.add_argument("--calib", default="wiki",
                        help="calibration text: wiki, ptb, code, bg or a text file; or a weighted mix of them, "
                             "e.g. wiki:0.75,notes.txt:0.25 (windows drawn at random per source, --calib-seed)")
@@ -197,42 +177,36 @@ def add_eval(sub) -> None:
 
 
 def make_config(args):
-    base = dict(RECIPES[args.recipe]) if getattr(args, "recipe", None) else {}
-    args.method = args.method or base.pop("method", "nsvd")
-    base.pop("method", None)
-    cls = CONFIGS[args.method]
-    fields = {f for f in cls.__dataclass_fields__}
-    # --method overriding the recipe's: the recipe's fields of its own method (nsvd's stage2) drop out
-    base = {k: v for k, v in base.items() if k in fields}
+    """The config of the flags: recipe, then the flags given (build_config: the one merge)."""
     if args.ratio is not None and getattr(args, "bits", None) is not None:
         raise UsageError("--ratio and --bits are two budgets: give one (--bits derives the ratio)")
-    kw = {**base, "ratio": 0.8 if args.ratio is None else args.ratio,
-          "sequential": args.sequential or base.get("sequential", False),
-          "last_blocks": args.last_blocks, "ignore": tuple(args.ignore)}
-    for flag in (*CONFIG_FLAGS, *QUANT_FLAGS):
-        if getattr(args, flag, None) is not None:
-            kw[flag] = getattr(args, flag)
-    for flag in METHOD_FLAGS:
-        value = getattr(args, flag, None)
-        if value is None:
-            continue
-        if flag not in fields:
-            raise UsageError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
-        kw[flag] = value
-    if kw.get("base_from"):  # the checkpoint's own format, unless given (and then checked against it)
-        from .pipeline.ctbase import checkpoint_format
-        try:
-            bits, group = checkpoint_format(kw["base_from"])
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--base-from: {exc}") from None
-        kw.setdefault("base_bits", bits)
-        kw.setdefault("group_size", group)
-        if (kw["base_bits"], kw["group_size"]) != (bits, group):
-            raise UsageError(f"--base-from {kw['base_from']} holds {bits}-bit weights in groups of {group}, "
-                             f"not --base-bits {kw['base_bits']} --group-size {kw['group_size']}")
+    options = {flag: getattr(args, flag) for flag in (*FLAT, *METHOD_FLAGS) if getattr(args, flag, None) is not None}
+    if args.ratio is not None:
+        options["ratio"] = args.ratio
+    if args.ignore:
+        options["ignore"] = tuple(args.ignore)
+    method = args.method or (RECIPES[args.recipe]["method"] if args.recipe else "nsvd")
+    foreign = [f for f in METHOD_FLAGS if f in options and f not in CONFIGS[method].__dataclass_fields__]
+    if foreign:
+        raise UsageError(f"--{foreign[0].replace('_', '-')} does not apply to --method {method}")
+    if options.get("base_from"):  # the checkpoint's own format, unless given (and then checked against it)
+        options.update(_base_format(options))
     try:
-        return cls(**kw)
+        return build_config(method=method, recipe=args.recipe, **options)
     except ValueError as exc:  # "ratio = 0.0 must be ..." -> "--ratio: ratio = 0.0 must be ..."
-        field_name = str(exc).split(" ", 1)[0]
-        flag = f"--{field_name.replace('_', '-')}"
-        raise UsageError(f"{flag}: {exc}" if field_name in kw and hasattr(args, field_name) else str(exc)) from None
+        name = str(exc).split(" ", 1)[0]
+        raise UsageError(f"--{name.replace('_', '-')}: {exc}" if name in options else str(exc)) from None
+
+
+def _base_format(options: dict) -> dict:
+    """--base-from's bits and group size, checked against --base-bits / --group-size if given."""
+    from .pipeline.ctbase import checkpoint_format
+    try:
+        bits, group = checkpoint_format(options["base_from"])
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--base-from: {exc}") from None
+    given = (options.get("base_bits", bits), options.get("group_size", group))
+    if given != (bits, group):
+        raise UsageError(f"--base-from {options['base_from']} holds {bits}-bit weights in groups of {group}, "
+                         f"not --base-bits {given[0]} --group-size {given[1]}")
+    return {"base_bits": bits, "group_size": group}

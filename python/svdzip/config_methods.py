@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .config import CONFIGS, WEIGHTINGS, CompressConfig, check_fraction, register
+from .config import CONFIGS, FLAT, PARTS, WEIGHTINGS, WHITENED, CompressConfig, check_fraction, own_fields, register
 
 
 @register
@@ -26,7 +26,7 @@ class FWSVDConfig(CompressConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.sequential:
+        if self.calibration.sequential:
             raise ValueError("fwsvd needs gradients of the whole model's loss: sequential=True "
                              "is not supported, use one-shot statistics")
 
@@ -55,21 +55,35 @@ class SVDLLMConfig(CompressConfig):
 
     method: ClassVar[str] = "svd_llm"
 
+    @property
+    def whitened(self) -> bool:
+        return True
+
 
 @dataclass
 class _TwoStageConfig(CompressConfig):
-    """Two stages: rank k1 under `stage1` weighting, then the residual at k − k1 under `stage2`."""
+    """Two stages: rank k1 under `stage1` weighting, then the residual at k − k1 under `stage2`.
+    stage1 None = the method's own whitening (`stage1_weighting`)."""
 
     first_fraction: float = 0.95
-    stage1: str = "whitened"
+    stage1: str | None = None
     stage2: str = "plain"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         check_fraction(self.first_fraction, "first_fraction")
         for name in ("stage1", "stage2"):
-            if getattr(self, name) not in WEIGHTINGS:
-                raise ValueError(f"{name} = {getattr(self, name)!r} must be one of {WEIGHTINGS}")
+            value = getattr(self, name)
+            if not (value is None and name == "stage1") and value not in WEIGHTINGS:
+                raise ValueError(f"{name} = {value!r} must be one of {WEIGHTINGS}")
+        super().__post_init__()
+
+    @property
+    def stage1_weighting(self) -> str:
+        return self.stage1 or "whitened"
+
+    @property
+    def whitened(self) -> bool:
+        return self.stage1_weighting in WHITENED
 
 
 @register
@@ -88,8 +102,14 @@ class NSVDConfig(_TwoStageConfig):
         if self.variant not in ("I", "II"):
             raise ValueError(f"variant = {self.variant!r} must be 'I' or 'II'")
         if self.variant == "II" and self.stage1 == "whitened":
-            self.stage1 = "whitened_eigen"
+            raise ValueError("variant = 'II' whitens stage 1 by the Gram's eigen factor; stage1 = 'whitened' "
+                             "(Cholesky) is variant 'I': give one of them")
         super().__post_init__()
+
+    @property
+    def stage1_weighting(self) -> str:
+        """Variant I whitens by Cholesky, II by the eigen factor, unless stage1 names another weighting."""
+        return self.stage1 or ("whitened_eigen" if self.variant == "II" else "whitened")
 
 
 @register
@@ -114,8 +134,16 @@ class ResSVDConfig(_TwoStageConfig):
     last_fraction: float = 0.75
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         check_fraction(self.last_fraction, "last_fraction")
+        super().__post_init__()
+
+    @property
+    def places_last_blocks(self) -> bool:
+        return True
+
+    def last_blocks_for(self, n_blocks: int) -> int:
+        given = self.allocation.last_blocks
+        return given if given is not None else max(1, round(self.last_fraction * n_blocks))
 
 
 # Named recipes: the options a user would otherwise have to know to combine (docs/usage.md "Recipes").
@@ -130,17 +158,37 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def recipe(name: str, **overrides) -> CompressConfig:
-    """The config of a named recipe (RECIPES), any field overridden: recipe("best", ratio=0.6);
-    with method= another method, the recipe's fields that method lacks are dropped."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    fields = {**RECIPES[name], **overrides}
-    method = fields.pop("method")
+def build_config(method: str | None = None, recipe: str | None = None, **options) -> CompressConfig:
+    """A config from flat options (the CLI flags' names: ratio=0.6, sequential=True,
+    allocation="loss", refine_epochs=2, factor_bits=8, stage2="asvd"), on top of a named recipe
+    if given: the one place options are merged. `method` defaults to the recipe's, else nsvd;
+    a method other than the recipe's drops the recipe's options that method lacks."""
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    merged = dict(RECIPES[recipe]) if recipe is not None else {}
+    given_method = method or options.pop("method", None)
+    method = given_method or merged.get("method", "nsvd")
+    merged.pop("method", None)
     if method not in CONFIGS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(CONFIGS)}")
     cls = CONFIGS[method]
-    if "method" in overrides:  # the recipe's fields of its own method (nsvd's stage2) drop out
-        own = set(cls.__dataclass_fields__)
-        fields = {k: v for k, v in fields.items() if k in own or k in overrides}
-    return cls(**fields)
+    own, top = set(own_fields(cls)), {"ratio", "targets", "ignore", "overrides"}
+    merged = {k: v for k, v in merged.items() if k in own or k in top or k in FLAT}  # recipe's other method's
+    merged.update(options)
+    unknown = sorted(set(merged) - own - top - set(FLAT))
+    if unknown:
+        raise ValueError(f"unknown {method} option(s): {', '.join(unknown)}")
+    parts: dict[str, dict] = {name: {} for name in PARTS}
+    for key in [k for k in merged if k in FLAT]:
+        part, name = FLAT[key]
+        value = merged.pop(key)
+        parts[part][name] = tuple(value) if isinstance(value, list) else value
+    return cls(**merged, **{name: PARTS[name](**kw) for name, kw in parts.items()})
+
+
+def recipe(name: str, **overrides) -> CompressConfig:
+    """The config of a named recipe (RECIPES), any option overridden: recipe("best", ratio=0.6);
+    with method= another method, the recipe's options that method lacks are dropped."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return build_config(recipe=name, **overrides)

@@ -1,5 +1,6 @@
-"""The quantization options of CompressConfig (factor_bits, base_bits, group_size, base_method,
-base_from, bits): their allowed values and their checks, which raise and never rewrite."""
+"""The allowed values of the output part's quantization options (factor_bits, base_bits, group_size,
+base_method, base_from, bits) and their own checks, which raise and never rewrite. Checks that
+involve other parts (refinement, objective, allocation) are CompressConfig's."""
 
 from __future__ import annotations
 
@@ -9,32 +10,37 @@ GROUP_SIZES = (32, 64, 128, 256)   # the groups torch's int4 kernel takes
 BASE_METHODS = ("rtn", "gptq")      # how svdzip rounds a base (nn/quant_matrix.py, nn/gptq.py)
 
 
-def check_quantization(cfg) -> None:
+def check_output(out) -> None:
     for name, allowed in (("factor_bits", FACTOR_BITS), ("base_bits", BASE_BITS), ("group_size", GROUP_SIZES)):
-        v = getattr(cfg, name)
+        v = getattr(out, name)
         if isinstance(v, bool) or v not in allowed:
             raise ValueError(f"{name} = {v!r} must be one of {allowed}")
-    if cfg.base_method not in BASE_METHODS:
-        raise ValueError(f"base_method = {cfg.base_method!r} must be one of {BASE_METHODS}")
-    if cfg.base_method != "rtn" and (not cfg.base_bits or cfg.base_from):
-        raise ValueError(f"base_method = {cfg.base_method!r} rounds svdzip's own base: it needs base_bits "
+    if out.base_method not in BASE_METHODS:
+        raise ValueError(f"base_method = {out.base_method!r} must be one of {BASE_METHODS}")
+    if out.base_method != "rtn" and (not out.base_bits or out.base_from):
+        raise ValueError(f"base_method = {out.base_method!r} rounds svdzip's own base: it needs base_bits "
                          f"and no base_from")
-    if cfg.base_from is not None and (not isinstance(cfg.base_from, str) or not cfg.base_bits):
-        raise ValueError(f"base_from = {cfg.base_from!r} must be a directory, with base_bits set to its bits")
-    if cfg.bits is not None:
-        if isinstance(cfg.bits, bool) or not isinstance(cfg.bits, (int, float)) or not 0 < cfg.bits <= 32:
-            raise ValueError(f"bits = {cfg.bits!r} must be a number in (0, 32] (bits per targeted weight)")
-        if cfg.overrides or cfg.last_blocks is not None or getattr(cfg, "last_fraction", None) is not None:
-            raise ValueError("bits (a byte budget) spreads over every target: it does not combine with "
-                             "overrides or last-blocks")
-    if (cfg.factor_bits < 16 or cfg.base_bits) and cfg.refine_epochs:
+    if out.base_from is not None and (not isinstance(out.base_from, str) or not out.base_bits):
+        raise ValueError(f"base_from = {out.base_from!r} must be a directory, with base_bits set to its bits")
+    if out.bits is not None and (isinstance(out.bits, bool) or not isinstance(out.bits, (int, float))
+                                 or not 0 < out.bits <= 32):
+        raise ValueError(f"bits = {out.bits!r} must be a number in (0, 32] (bits per targeted weight)")
+
+
+def check_output_with(cfg) -> None:
+    """The output part against the others."""
+    out = cfg.output
+    if out.bits is not None and (cfg.overrides or cfg.places_last_blocks):
+        raise ValueError("bits (a byte budget) spreads over every target: it does not combine with "
+                         "overrides or last-blocks")
+    if out.quantized and cfg.refinement.epochs:
         raise ValueError("refine_epochs > 0 tunes fp factors; it does not run with factor_bits < 16 or base_bits")
-    if cfg.base_bits and cfg.objective == "compensated":
+    if out.base_bits and cfg.objective.kind == "compensated":
         # measured (SmolLM2, 4-bit base, pair at 0.1, 16 x 512 calibration, wiki on 2 windows): plain
         # sequential 23.4, compensated 1345; a low-rank pair cannot carry the compensated target's
         # correction of the whole weight (docs/findings.md, "Bytes")
         raise ValueError("objective = 'compensated' with a quantized base ruins the model (measured on SmolLM2: "
                          "wiki 1345 vs 23.4 with the plain objective): use objective='plain' with base_bits")
-    if cfg.base_bits and cfg.allocation not in ("uniform", "last_blocks"):
-        raise ValueError(f"allocation = {cfg.allocation!r} prices the weight's own spectrum, not the "
+    if out.base_bits and cfg.strategy not in ("uniform", "last_blocks"):
+        raise ValueError(f"allocation = {cfg.strategy!r} prices the weight's own spectrum, not the "
                          f"spectrum of a quantized base's error: use allocation='uniform' with base_bits")

@@ -46,14 +46,14 @@ class Options:
 
 def refuse(config, source, group, opts: Options) -> None:
     """Every combination a mode does not support, with the reason (the one list of them)."""
-    if opts.stats is not None and config.sequential:
+    if opts.stats is not None and config.calibration.sequential:
         raise ValueError("stats= holds one-shot statistics; sequential=True collects its own")
     if opts.stats is not None and group.distributed:
         raise ValueError("stats= with a distributed group: pass the calibration instead (each rank "
                          "collects its share)")
     if opts.stats is not None and not isinstance(source, InMemory):
         raise ValueError("stats= are statistics of a model in memory; out of core, pass the calibration")
-    if config.refine_epochs and group.distributed:
+    if config.refinement.epochs and group.distributed:
         raise ValueError("refine_epochs > 0 runs on one process for now (each rank holds only its share "
                          "of the windows); compress without torchrun, or without refinement")
 
@@ -149,7 +149,7 @@ def run(source, sink, config: CompressConfig, calibration: torch.Tensor | None, 
     progress = opts.progress and group.rank == 0
     _, targets = find_targets(source.model, config)
     check_weights(targets)
-    if config.bits is not None:  # a byte budget: plan with the ratio that meets it (the caller's config stays)
+    if config.output.bits is not None:  # a byte budget: plan with the ratio that meets it (the caller's config stays)
         config = dataclasses.replace(config, ratio=ratio_for_bits(targets, config, targets[0].module.weight.dtype))
         _, targets = find_targets(source.model, config)
     notes = calibration_warnings(calibration if opts.stats is None else None, targets, kinds)
@@ -193,6 +193,6 @@ def _blocks(source, sink, blocks, config, method, kinds, stats, calibration, sha
     report.seconds_stats += time.perf_counter() - t0
     if sink.start > 0 and group.rank == 0:
         print(f"resuming {sink.partial} at block {sink.start} of {len(source.layers)}")
-    job = loop.Job(config, method, kinds, report, not config.sequential, progress, stats, group)
+    job = loop.Job(config, method, kinds, report, not config.calibration.sequential, progress, stats, group)
     streams = streams_for(config, hidden, block_args, opts.batch_size, resumed=sink.start > 0)
     loop.run(source, blocks, streams, job, sink if sink.writes else None, start=sink.start)

@@ -41,8 +41,8 @@ def _memory_check(source, config, share, batch_size, trial_memory, max_memory, g
     _, targets = find_targets(source.model, config)
     kinds = methods.required_stats(config)
     extra = allocation.strategy(config).extra_memory(config, trial_memory)
-    need = budget.estimate(source, by_block(targets), share.shape, batch_size, kinds, config.gram_products,
-                           trials=extra, window=group.world if group.distributed and not config.sequential else 1,
+    need = budget.estimate(source, by_block(targets), share.shape, batch_size, kinds, config.calibration.gram_products,
+                           trials=extra, window=group.world if group.distributed and not config.calibration.sequential else 1,
                            world=group.world)
     if group.rank == 0:
         print(budget.describe(need, source.device))

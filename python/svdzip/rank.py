@@ -48,11 +48,9 @@ def module_ratio(name: str, block: int, n_blocks: int, cfg) -> float | None:
     for pat, r in cfg.overrides.items():
         if fnmatch.fnmatchcase(name, pat):
             return None if r >= 1 else r
-    if getattr(cfg, "allocation", "uniform") in ("sensitivity", "loss"):  # before the plan: every target in
+    if cfg.strategy in ("sensitivity", "loss"):  # before the plan: every target in
         return None if cfg.ratio >= 1 else cfg.ratio
-    last = cfg.last_blocks
-    if last is None and getattr(cfg, "last_fraction", None) is not None:
-        last = max(1, round(cfg.last_fraction * n_blocks))
+    last = cfg.last_blocks_for(n_blocks)
     if last is not None:
         if block < n_blocks - last:
             return None

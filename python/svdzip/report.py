@@ -107,8 +107,9 @@ class Report:
         ]
         bits = self.bits_per_weight()
         if bits is not None:
+            out = self.config.get("output", {})
             lines.append(f"bytes: {bits:.3f} bits per targeted weight on average (codes, scales and factors; "
-                         f"{self.config.get('base_bits') or 'no'}-bit base, {self.config.get('factor_bits')}-bit factors)")
+                         f"{out.get('base_bits') or 'no'}-bit base, {out.get('factor_bits')}-bit factors)")
         lines += [f"warning: {w}" for w in self.warnings]
         if self.distributed:
             d = self.distributed

@@ -22,8 +22,8 @@ STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (Uniform, LastBlocks
 
 
 def strategy(config) -> Strategy:
-    """The strategy a config names (config.allocation)."""
-    return STRATEGIES[config.allocation]()
+    """The strategy a config names, or derives (config.strategy)."""
+    return STRATEGIES[config.strategy]()
 
 
 __all__ = ["Context", "Strategy", "STRATEGIES", "strategy", "budget", "params_at_ratio", "allocate",

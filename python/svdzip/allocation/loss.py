@@ -26,13 +26,13 @@ def loss_importance(source, targets, calibration: torch.Tensor, cfg, progress: b
     Fisher sums over the first `loss_windows` calibration windows, one backward each): to second
     order ΔL ≈ ½·F̄·‖ΔY‖² for an error ΔY spread over the outputs. {} for "relative", which
     needs no backward. For "probe": {block: Σ (∂L/∂z)² per channel of the block's output z}."""
-    if cfg.loss_importance == "relative":
+    if cfg.allocation.loss_importance == "relative":
         return {}
     group = group or Single()
-    windows = calibration[:cfg.loss_windows]
+    windows = calibration[:cfg.allocation.loss_windows]
     mine = windows[group.share(windows.shape[0])]
     spill = None if scratch is None else scratch("loss-fisher-spill")
-    if cfg.loss_importance == "probe":
+    if cfg.allocation.loss_importance == "probe":
         with group.agree("computing the loss allocation's block-output Fisher"):
             acc = source.block_output_fisher({t.block for t in targets}, mine, spill, progress)
         sums = {b: {"fisher": f, "tokens": 0} for b, f in sorted(acc.items())}
@@ -82,7 +82,7 @@ def _probe_windows(ctx: Context) -> int:
     calibration (each rank probes on the start of its own share): in a group the ranks' probe
     scores then sum to the one-process score."""
     share = ctx.group.share(ctx.calibration.shape[0])
-    return max(0, min(share.stop, ctx.config.loss_probe_windows) - share.start)
+    return max(0, min(share.stop, ctx.config.allocation.loss_probe_windows) - share.start)
 
 
 class Loss(Strategy):
@@ -102,16 +102,16 @@ class Loss(Strategy):
         left, free = budget(ctx)
         importance = loss_importance(ctx.source, free, ctx.calibration, config, ctx.progress, ctx.group, ctx.scratch)
         t1 = time.perf_counter()
-        probe = Probe(importance, _probe_windows(ctx), config.loss_probe_ratio) \
-            if config.loss_importance == "probe" else None
+        probe = Probe(importance, _probe_windows(ctx), config.allocation.loss_probe_ratio) \
+            if config.allocation.loss_importance == "probe" else None
         spectra = whitened_spectra(ctx.source, free, ctx.calibration, config, ctx.batch_size, ctx.progress,
                                    ctx.group, probe)
         if probe is not None:
             weights = probe_weights(probe.scores, probe.ranks, spectra)
         else:
-            weights = module_weights(config.loss_importance, importance, spectra, {t.name: t.block for t in free})
-        ratios = allocate_loss(spectra, weights, {t.name: t.shape for t in free}, left, config.loss_min_ratio)
-        info = {"kind": "loss", "importance": config.loss_importance, "min_ratio": config.loss_min_ratio,
+            weights = module_weights(config.allocation.loss_importance, importance, spectra, {t.name: t.block for t in free})
+        ratios = allocate_loss(spectra, weights, {t.name: t.shape for t in free}, left, config.allocation.loss_min_ratio)
+        info = {"kind": "loss", "importance": config.allocation.loss_importance, "min_ratio": config.allocation.loss_min_ratio,
                 "ratios": ratios, "budget_params": left, "fisher_seconds": t1 - t0,
                 "spectra_seconds": time.perf_counter() - t1}
         return ratios, info

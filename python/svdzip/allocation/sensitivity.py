@@ -30,16 +30,17 @@ from ..pipeline.group import Single
 from .base import Context, Strategy, budget, kept_line, params_at_ratio
 
 FORMAT = 1
-# what the trials read besides the method's own options (CompressConfig fields); anything else
-# (pipeline, objective, other strategies' options) stays out, so a new option never makes
-# every cached table miss
-TRIAL_FIELDS = ("version", "method", "targets", "ignore", "jitter", "gram_products",
+# what the trials read besides the method's own options (flat option names); anything else
+# (allocation, objective, refinement, output, ...) may change without invalidating the table.
+# KEY_FORMAT counts changes to how the key is built (2: nested configs, stage 1's effective weighting).
+KEY_FORMAT = 2
+TRIAL_FIELDS = ("method", "targets", "ignore", "jitter", "gram_products",
                 "sensitivity_ratios", "sensitivity_windows", "sensitivity_seqlen")
 NOT_READ_BY_TRIALS = ("last_fraction",)  # a method option that only places the blocks
 
 
 def trial_slice(calibration: torch.Tensor, cfg) -> torch.Tensor:
-    w, s = cfg.sensitivity_windows, cfg.sensitivity_seqlen
+    w, s = cfg.allocation.sensitivity_windows, cfg.allocation.sensitivity_seqlen
     if calibration.shape[1] < s:
         raise ValueError(f"sensitivity_seqlen = {s} is longer than the calibration windows "
                          f"({calibration.shape[1]} tokens)")
@@ -47,12 +48,11 @@ def trial_slice(calibration: torch.Tensor, cfg) -> torch.Tensor:
 
 
 def _key_fields(cfg) -> dict:
-    from ..config import CompressConfig
-
-    shared = {f.name for f in dataclasses.fields(CompressConfig)}
-    own = [f.name for f in dataclasses.fields(cfg) if f.name not in shared and f.name not in NOT_READ_BY_TRIALS]
-    d = cfg.to_dict()
-    return {k: d[k] for k in (*TRIAL_FIELDS, *own)}
+    flat = cfg.flat()
+    if hasattr(cfg, "stage1_weighting"):  # what stage 1 runs, however it was named
+        flat["stage1"] = cfg.stage1_weighting
+    own = [k for k in cfg.method_options() if k not in NOT_READ_BY_TRIALS]
+    return {"key_format": KEY_FORMAT, **{k: flat[k] for k in (*TRIAL_FIELDS, *own)}}
 
 
 def cache_key(cfg, tokens: torch.Tensor, weights) -> str:
@@ -148,8 +148,8 @@ class Sensitivity(Strategy):
         config, kinds = ctx.config, ctx.kinds
         if ctx.calibration is None:
             raise ValueError("allocation='sensitivity' needs calibration token ids for its trials")
-        if config.objective == "compensated":  # trials run on the dense model, where X̃ = X: plain
-            config = dataclasses.replace(config, objective="plain")
+        if config.objective.kind == "compensated":  # trials run on the dense model, where X̃ = X: plain
+            config = dataclasses.replace(config, objective=dataclasses.replace(config.objective, kind="plain"))
             kinds = frozenset(kinds) - {"cross"}
         left, free = budget(ctx)
         table = sensitivity_table(ctx.source, free, ctx.stats, config, ctx.method, ctx.calibration, kinds,

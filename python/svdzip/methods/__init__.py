@@ -44,12 +44,12 @@ _STAGE_STATS = {"plain": set(), "whitened": {"gram"}, "whitened_eigen": {"gram"}
 def required_stats(cfg) -> frozenset[str]:
     """Statistics the pipeline must collect for this config (two-stage methods: per stage)."""
     need = set(get(cfg.method).stats)
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage1_weighting", "stage2"):
         if hasattr(cfg, stage):
             need |= _STAGE_STATS[getattr(cfg, stage)]
-    if getattr(cfg, "objective", "plain") == "compensated":
+    if cfg.objective.kind == "compensated":
         need |= {"gram", "cross"}  # G̃ and C = X·X̃ᵀ (methods/compensated.py)
-    if getattr(cfg, "base_method", "rtn") == "gptq":
+    if cfg.output.base_method == "gptq":
         need |= {"gram"}  # GPTQ rounds the base on its layer's input Gram
     return frozenset(need)
 

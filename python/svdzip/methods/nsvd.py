@@ -11,7 +11,7 @@ def split(rank: int, fraction: float) -> int:
 
 
 def prepare(stats, cfg):
-    return for_stage(cfg.stage1, stats, cfg), for_stage(cfg.stage2, stats, cfg)
+    return for_stage(cfg.stage1_weighting, stats, cfg), for_stage(cfg.stage2, stats, cfg)
 
 
 def stage_truncator(W, prepared, cfg):

@@ -183,9 +183,9 @@ def for_stage(kind: str, stats: dict, cfg) -> Weighting:
     if kind == "plain":
         return PLAIN
     if kind == "whitened":
-        return whitened(stats["gram"], cfg.jitter)
+        return whitened(stats["gram"], cfg.calibration.jitter)
     if kind == "whitened_eigen":
-        return whitened_eigen(stats["gram"], cfg.jitter)
+        return whitened_eigen(stats["gram"], cfg.calibration.jitter)
     if kind == "asvd":
         return channel_scale(stats["abs_mean"], getattr(cfg, "alpha", 0.5))
     raise ValueError(f"unknown weighting {kind!r}")

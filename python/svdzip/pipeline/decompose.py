@@ -94,8 +94,8 @@ def _prepare(targets, stats: dict, cfg, method, owned: bool):
         key = st.get("leader", t.name)
         if key not in prepared:
             prepared[key] = method.prepare(st, cfg)
-            if cfg.objective == "compensated":
-                maps[key] = compensated.target_map(st["gram"], st["cross"], cfg.jitter, cfg.compensation)
+            if cfg.objective.kind == "compensated":
+                maps[key] = compensated.target_map(st["gram"], st["cross"], cfg.calibration.jitter, cfg.objective.compensation)
                 if owned:
                     st.pop("cross")
             if owned and st.get("gram") is not None:
@@ -130,7 +130,7 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
     results = method.decompose_many(jobs, cfg)
     notes = {key: {**_notes(prep), **(maps[key][1] if key in maps else {})} for key, prep in prepared.items()}
     maps = None
-    fitted = [W for W, _, _ in jobs] if cfg.factor_bits < 16 else [None] * len(jobs)
+    fitted = [W for W, _, _ in jobs] if cfg.output.factor_bits < 16 else [None] * len(jobs)
     jobs = [(t.module.weight.detach(), None, k) for t, (_, _, k) in zip(targets, jobs)]  # weightings done
     prepared = None
     shared_s = (time.perf_counter() - t0) / max(len(targets), 1)  # batched: split evenly

@@ -56,7 +56,7 @@ def collect_block(layer, targets, streams: Streams, i: int, device, job: Job, ad
     group = job.group
     with group.agree(f"collecting block {i}'s statistics"):
         with StatsCollector({t.name: t.module for t in targets}, job.kinds,
-                            gram_products=job.config.gram_products) as col:
+                            gram_products=job.config.calibration.gram_products) as col:
             streams.collect(layer, i, device, col, outputs="replace" if advance else "none")
         raw = col.raw()
     if not group.distributed:
@@ -114,7 +114,7 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
                             group=job.group, owner_of=owner_of)
                 stats = None
                 release_freed_memory()
-            if job.config.refine_epochs:
+            if job.config.refinement.epochs:
                 with _timed(job, "seconds_refine"):
                     _refine(layer, i, streams, job, source.device)
         with _timed(job, "seconds_stats"):

@@ -24,14 +24,15 @@ from .ctbase import read_base
 
 
 def quantizes(cfg) -> bool:
-    return cfg.factor_bits < 16 or cfg.base_bits > 0
+    return cfg.output.quantized
 
 
 def layer_spec(shape, ratio: float, bias: bool, cfg) -> dict:
     m, n = shape
     spec = {"rank": rank.rank_for_ratio(m, n, ratio), "in_features": n, "out_features": m, "bias": bias}
     if quantizes(cfg):
-        spec.update(factor_bits=cfg.factor_bits, base_bits=cfg.base_bits, group_size=cfg.group_size)
+        out = cfg.output
+        spec.update(factor_bits=out.factor_bits, base_bits=out.base_bits, group_size=out.group_size)
     return spec
 
 
@@ -42,7 +43,7 @@ def stored_bits_of(spec: dict, dtype) -> int:
 
 
 def ratio_for_bits(targets, cfg, dtype) -> float:
-    """The largest kept ratio (one for every target) whose layers store at most `cfg.bits` bits
+    """The largest kept ratio (one for every target) whose layers store at most `cfg.output.bits` bits
     per targeted weight on average: bits grow with the ratio (ranks are floors), so bisect."""
     weights = sum(t.shape[0] * t.shape[1] for t in targets)
     shapes: dict[tuple, int] = {}
@@ -54,30 +55,31 @@ def ratio_for_bits(targets, cfg, dtype) -> float:
         return sum(count * stored_bits_of(layer_spec(shape, ratio, bias, cfg), dtype)
                    for (shape, bias), count in shapes.items()) / weights
 
-    lo, hi = 1e-9, 1.0
-    if bits_at(lo) > cfg.bits:
-        raise ValueError(f"bits = {cfg.bits} is below the least these targets can store: {bits_at(lo):.3f} bits per "
-                         f"weight at rank 1" + (f" on a {cfg.base_bits}-bit base" if cfg.base_bits else ""))
-    if bits_at(hi) <= cfg.bits:
+    lo, hi, out = 1e-9, 1.0, cfg.output
+    if bits_at(lo) > out.bits:
+        raise ValueError(f"bits = {out.bits} is below the least these targets can store: {bits_at(lo):.3f} bits per "
+                         f"weight at rank 1" + (f" on a {out.base_bits}-bit base" if out.base_bits else ""))
+    if bits_at(hi) <= out.bits:
         return hi
     for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if bits_at(mid) <= cfg.bits else (lo, mid)
+        lo, hi = (mid, hi) if bits_at(mid) <= out.bits else (lo, mid)
     return lo
 
 
 def quantized_base(W: torch.Tensor, cfg, name: str, gram: torch.Tensor | None = None) -> QuantMatrix | None:
     """RTN or GPTQ (on `gram`) of W, or module `name`'s weight in the user's compressed-tensors
     checkpoint; None without a base."""
-    if not cfg.base_bits:
+    out = cfg.output
+    if not out.base_bits:
         return None
-    if cfg.base_from:
-        return read_base(cfg.base_from, name, tuple(W.shape), cfg.base_bits, cfg.group_size)
-    if cfg.base_method == "gptq":
+    if out.base_from:
+        return read_base(out.base_from, name, tuple(W.shape), out.base_bits, out.group_size)
+    if out.base_method == "gptq":
         if gram is None:
             raise ValueError(f"{name}: base_method 'gptq' needs the layer's input Gram, and none was collected")
-        return gptq_quantize(W, gram, cfg.base_bits, cfg.group_size, name=name)
-    return QuantMatrix.from_float(W, cfg.base_bits, cfg.group_size, name)
+        return gptq_quantize(W, gram, out.base_bits, out.group_size, name=name)
+    return QuantMatrix.from_float(W, out.base_bits, out.group_size, name)
 
 
 def refit_left(W: torch.Tensor, B: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:

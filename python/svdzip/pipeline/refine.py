@@ -73,7 +73,7 @@ def refine_block(layer: nn.Module, i: int, inputs: list[torch.Tensor], targets: 
     t0 = time.perf_counter()
     factors = _factors(layer)
     n = len(inputs)
-    held = max(1, round(cfg.refine_holdout * n))
+    held = max(1, round(cfg.refinement.holdout * n))
     if not factors or n - held < 1:
         return {"block": i, "epochs": 0, "heldout_before": 0.0, "heldout_after": 0.0, "seconds": 0.0,
                 "skipped": "no factors" if not factors else f"{n} windows: too few to hold {held} out"}
@@ -84,13 +84,13 @@ def refine_block(layer: nn.Module, i: int, inputs: list[torch.Tensor], targets: 
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    weight = channel_weights(targets, train, cfg.refine_weighting, device)
+    weight = channel_weights(targets, train, cfg.refinement.weighting, device)
     best = _mse(work, inputs, targets, heldout, block_args, device, weight)
     before, kept = best, 0
     best_state = [p.detach().clone() for p in params]
-    opt = torch.optim.Adam(params, lr=cfg.refine_lr)
-    gen = torch.Generator().manual_seed(cfg.refine_seed + i)
-    for epoch in range(1, cfg.refine_epochs + 1):
+    opt = torch.optim.Adam(params, lr=cfg.refinement.lr)
+    gen = torch.Generator().manual_seed(cfg.refinement.seed + i)
+    for epoch in range(1, cfg.refinement.epochs + 1):
         for j in torch.randperm(len(train), generator=gen).tolist():
             opt.zero_grad(set_to_none=True)
             with torch.enable_grad():

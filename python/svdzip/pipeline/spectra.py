@@ -93,7 +93,7 @@ def whitened_spectra(source, targets, calibration: torch.Tensor, cfg, batch_size
                 for t in blocks[b]:
                     lead = stats[t.name]["leader"]
                     if lead not in factors:
-                        factors[lead] = ops.whitening_factor(stats[t.name]["gram"].double(), cfg.jitter).factor
+                        factors[lead] = ops.whitening_factor(stats[t.name]["gram"].double(), cfg.calibration.jitter).factor
                     WS = t.module.weight.detach().double() @ factors[lead]
                     if probe is None:
                         out[t.name] = torch.linalg.svdvals(WS).square().cpu()

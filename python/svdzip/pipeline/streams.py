@@ -118,7 +118,7 @@ class PairedStreams(Streams):
 def streams_for(config, hidden: list[torch.Tensor], block_args: list, batch_size: int = 1,
                 resumed: bool = False) -> Streams:
     """The streams a config's pipeline needs; `resumed`: `hidden` is what saved() stored."""
-    paired = getattr(config, "objective", "plain") == "compensated" or getattr(config, "refine_epochs", 0) > 0
+    paired = config.objective.kind == "compensated" or config.refinement.epochs > 0
     if not paired:
         return Streams(hidden, block_args, batch_size)
     if not resumed:

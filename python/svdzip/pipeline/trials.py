@@ -66,7 +66,7 @@ def block_stats(layer, b: int, targets, full: Streams, cfg, kinds, device, group
     """The block's statistics on the dense full calibration set (this rank's share, summed
     over the ranks: every rank needs them all); advances `full` past it."""
     with group.agree(f"collecting block {b}'s statistics for the trials"):
-        with StatsCollector({t.name: t.module for t in targets}, kinds, gram_products=cfg.gram_products) as col:
+        with StatsCollector({t.name: t.module for t in targets}, kinds, gram_products=cfg.calibration.gram_products) as col:
             full.run(layer, b, device, on_batch=col.new_pass, outputs="replace")
         raw = col.raw()
     group.all_reduce_stats(raw)
@@ -87,7 +87,7 @@ def _start_trials(targets, stats: dict, cfg, method, layer, dense, args, live: d
         trunc = method.truncator(original.double(), prepared[key], cfg)
         m, n = original.shape
         try:
-            for r in cfg.sensitivity_ratios:
+            for r in cfg.allocation.sensitivity_ratios:
                 A, B = trunc(rank.rank_for_ratio(m, n, r))
                 weight.copy_((A @ B).to(weight.dtype))  # same product as the low-rank pair
                 live[(t.name, r)] = replay.run_block(layer, dense, args)
@@ -146,13 +146,13 @@ def sweep_table(source, targets, cfg, method, calibration: torch.Tensor, tokens:
         hidden, args = replay.capture(model, layers, share, store=source.store, batch_size=batch_size)
         full = Streams(hidden, args, batch_size)
     source.drop_resident()
-    groups = sweep_groups(blocks, len(cfg.sensitivity_ratios), _nbytes(dense), trial_memory)
+    groups = sweep_groups(blocks, len(cfg.allocation.sensitivity_ratios), _nbytes(dense), trial_memory)
     if len(groups) > 1 and progress:
         print(f"sensitivity: {len(groups)} sweeps (trial hidden states limited to "
               f"{trial_memory / 2**30:.2f} GiB at a time)")
     table: dict[str, dict[float, float]] = {t.name: {} for t in targets}
     dense_ppl = None
-    bar = tqdm(total=len(mine) * len(cfg.sensitivity_ratios), desc="sensitivity trials",
+    bar = tqdm(total=len(mine) * len(cfg.allocation.sensitivity_ratios), desc="sensitivity trials",
                disable=not progress, leave=False)
     for g, (first, stop) in enumerate(groups):
         live, carry, following = _sweep(source, blocks, (first, stop), g == 0, dense, slice_args, full, stats,
