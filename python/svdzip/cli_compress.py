@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from .cli_checks import UsageError, positive_int, window_length
-from .config import CONFIGS, FLAT, PARTS, RECIPES, WEIGHTINGS, CompressConfig, build_config, method_name
+from .config import CONFIGS, FLAT, PARTS, RECIPES, WEIGHTINGS, build_config, method_name, own_fields
 
 # one help group per config part; each flag, its type, choices, default and help come from the
 # part's field (config_parts.py), so the help can never disagree with the config
@@ -27,12 +27,10 @@ METHOD_FLAGS = {  # fields of some methods only: (help, type, choices)
 
 def _method_defaults() -> dict:
     """A method option's default per method ("nid plain, nsvd asvd") where the methods differ."""
-    shared = {f.name for f in dataclasses.fields(CompressConfig)}
     own: dict[str, dict] = {}
     for method, cls in sorted(CONFIGS.items()):
-        for f in dataclasses.fields(cls):
-            if f.name not in shared:
-                own.setdefault(f.name, {})[method] = f.default
+        for name in own_fields(cls):
+            own.setdefault(name, {})[method] = cls.__dataclass_fields__[name].default
     out = {}
     for name, per in own.items():
         values = set(map(str, per.values()))
@@ -186,7 +184,7 @@ def make_config(args):
     if args.ignore:
         options["ignore"] = tuple(args.ignore)
     method = args.method or (RECIPES[args.recipe]["method"] if args.recipe else "nsvd")
-    foreign = [f for f in METHOD_FLAGS if f in options and f not in CONFIGS[method].__dataclass_fields__]
+    foreign = [f for f in METHOD_FLAGS if f in options and f not in own_fields(CONFIGS[method])]
     if foreign:
         raise UsageError(f"--{foreign[0].replace('_', '-')} does not apply to --method {method}")
     if options.get("base_from"):  # the checkpoint's own format, unless given (and then checked against it)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 FORMAT_VERSION = 2  # 1: flat fields (read by from_dict)
 
@@ -39,15 +39,10 @@ def register(cls):
     return cls
 
 
-def check_fraction(value: Any, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"{what} = {value!r} must be in (0, 1]")
-
-
 WHITENED = ("whitened", "whitened_eigen")
 from .config_parts import (ALLOCATIONS, FLAT, GRAM_PRODUCTS, LOSS_IMPORTANCES, OBJECTIVES, PARTS,  # noqa: E402,F401
-                           REFINE_WEIGHTINGS, Allocation, Calibration, Objective, Output, Refinement, check_ratio,
-                           flat_of)
+                           REFINE_WEIGHTINGS, Allocation, Calibration, Objective, Output, Refinement, check_number,
+                           check_ratio, flat_of)
 from .config_quant import BASE_BITS, BASE_METHODS, FACTOR_BITS, GROUP_SIZES, check_output_with  # noqa: E402,F401
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .config import CONFIGS, FLAT, PARTS, WEIGHTINGS, WHITENED, CompressConfig, check_fraction, own_fields, register
+from .config import CONFIGS, FLAT, PARTS, WEIGHTINGS, WHITENED, CompressConfig, check_number, own_fields, register
 
 
 @register
@@ -70,7 +70,7 @@ class _TwoStageConfig(CompressConfig):
     stage2: str = "plain"
 
     def __post_init__(self) -> None:
-        check_fraction(self.first_fraction, "first_fraction")
+        check_number(self.first_fraction, "first_fraction", 0, 1, lo_open=True)
         for name in ("stage1", "stage2"):
             value = getattr(self, name)
             if not (value is None and name == "stage1") and value not in WEIGHTINGS:
@@ -134,7 +134,7 @@ class ResSVDConfig(_TwoStageConfig):
     last_fraction: float = 0.75
 
     def __post_init__(self) -> None:
-        check_fraction(self.last_fraction, "last_fraction")
+        check_number(self.last_fraction, "last_fraction", 0, 1, lo_open=True)
         super().__post_init__()
 
     @property
@@ -166,8 +166,7 @@ def build_config(method: str | None = None, recipe: str | None = None, **options
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     merged = dict(RECIPES[recipe]) if recipe is not None else {}
-    given_method = method or options.pop("method", None)
-    method = given_method or merged.get("method", "nsvd")
+    method = method or options.pop("method", None) or merged.get("method", "nsvd")
     merged.pop("method", None)
     if method not in CONFIGS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(CONFIGS)}")
