@@ -163,8 +163,8 @@ class Output:
                               "Gram (gptq)", choices=BASE_METHODS)
     group_size: int = option(128, "columns per quantization group below 8 bits", choices=GROUP_SIZES)
     bits: float | None = option(None, "a byte budget instead of --ratio: average bits per targeted weight as "
-                                "stored (codes, scales, factors), e.g. 4.25; the largest uniform ratio that fits "
-                                "is used", kind=float)
+                                "stored (codes, scales, factors), e.g. 4.25: the largest uniform ratio that fits, or "
+                                "with --allocation loss each module's ranks priced in stored bits", kind=float)
     base_from: str | None = option(None, "use the quantized weights of this compressed-tensors checkpoint "
                                    "(llm-compressor's GPTQ, symmetric 2-4 bit groups) as the base and fit the "
                                    "factors to its error; --base-bits and --group-size default to the "

@@ -33,6 +33,9 @@ def check_output_with(cfg) -> None:
     if out.bits is not None and (cfg.overrides or cfg.places_last_blocks):
         raise ValueError("bits (a byte budget) spreads over every target: it does not combine with "
                          "overrides or last-blocks")
+    if out.bits is not None and cfg.strategy == "sensitivity":
+        raise ValueError("bits (a byte budget) is priced in stored bits by allocation='loss' and 'uniform'; "
+                         "allocation='sensitivity' prices parameters and would store more than the budget")
     if out.quantized and cfg.refinement.epochs:
         raise ValueError("refine_epochs > 0 tunes fp factors; it does not run with factor_bits < 16 or base_bits")
     if out.base_bits and cfg.objective.kind == "compensated":

@@ -87,7 +87,8 @@ class Report:
             lines.append(f"{'module':45s} {'shape':>11s} {'rank':>5s} {'rel err':>8s} {'out err':>8s}  notes")
             for m in self.modules:
                 out = f"{m.out_rel_error:8.4f}" if m.out_rel_error is not None else f"{'-':>8s}"
-                notes = ", ".join(f"{k}={v}" for k, v in m.notes.items() if k in ("whitening", "dead_channels"))
+                notes = ", ".join([f"{k}={v}" for k, v in m.notes.items() if k in ("whitening", "dead_channels")] +
+                                  [f"bits={m.notes['bits_per_weight']:.2f}"] * ("bits_per_weight" in m.notes))
                 lines.append(f"{m.name:45s} {m.shape[0]:>5d}x{m.shape[1]:<5d} {m.rank:5d} "
                              f"{m.rel_error:8.4f} {out}  {notes}")
         fb = self.fallbacks()
@@ -109,7 +110,8 @@ class Report:
         if bits is not None:
             out = self.config.get("output", {})
             lines.append(f"bytes: {bits:.3f} bits per targeted weight on average (codes, scales and factors; "
-                         f"{out.get('base_bits') or 'no'}-bit base, {out.get('factor_bits')}-bit factors)")
+                         f"{out.get('base_bits') or 'no'}-bit base, {out.get('factor_bits')}-bit factors" +
+                         (f"; budget {out['bits']}" if out.get("bits") is not None else "") + ")")
         lines += [f"warning: {w}" for w in self.warnings]
         if self.distributed:
             d = self.distributed

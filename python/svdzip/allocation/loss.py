@@ -18,6 +18,7 @@ from ..pipeline.group import Single
 from ..pipeline.spectra import Probe, whitened_spectra
 from .base import Context, Strategy, budget, kept_line
 from .loss_knapsack import allocate_loss
+from .prices import bits_budget
 
 
 def loss_importance(source, targets, calibration: torch.Tensor, cfg, progress: bool = True, group=None,
@@ -87,7 +88,7 @@ def _probe_windows(ctx: Context) -> int:
 
 class Loss(Strategy):
     name = "loss"
-    fields = ("ratio", "overrides", "jitter", "loss_importance", "loss_windows", "loss_probe_windows",
+    fields = ("ratio", "overrides", "bits", "factor_bits", "group_size", "jitter", "loss_importance", "loss_windows", "loss_probe_windows",
               "loss_probe_ratio", "loss_min_ratio")
     remembered = True
 
@@ -100,6 +101,10 @@ class Loss(Strategy):
             raise ValueError("allocation='loss' needs calibration token ids for the module spectra")
         t0 = time.perf_counter()
         left, free = budget(ctx)
+        prices, unit = None, "parameters"
+        if config.output.bits is not None:  # a byte budget: ranks and dense modules priced in stored bits
+            left, prices = bits_budget(free, config)
+            unit = "bits"
         importance = loss_importance(ctx.source, free, ctx.calibration, config, ctx.progress, ctx.group, ctx.scratch)
         t1 = time.perf_counter()
         probe = Probe(importance, _probe_windows(ctx), config.allocation.loss_probe_ratio) \
@@ -110,12 +115,14 @@ class Loss(Strategy):
             weights = probe_weights(probe.scores, probe.ranks, spectra)
         else:
             weights = module_weights(config.allocation.loss_importance, importance, spectra, {t.name: t.block for t in free})
-        ratios = allocate_loss(spectra, weights, {t.name: t.shape for t in free}, left, config.allocation.loss_min_ratio)
+        ratios = allocate_loss(spectra, weights, {t.name: t.shape for t in free}, left, config.allocation.loss_min_ratio,
+                               prices, unit)
         info = {"kind": "loss", "importance": config.allocation.loss_importance, "min_ratio": config.allocation.loss_min_ratio,
-                "ratios": ratios, "budget_params": left, "fisher_seconds": t1 - t0,
+                "ratios": ratios, f"budget_{'params' if prices is None else 'bits'}": left, "fisher_seconds": t1 - t0,
                 "spectra_seconds": time.perf_counter() - t1}
         return ratios, info
 
     def summary(self, info: dict) -> str:
-        return (f"allocation loss: {kept_line(info)}, Fisher {info['fisher_seconds']:.1f} s, "
+        budget = f", budget {info['budget_bits']:,} bits" if "budget_bits" in info else ""
+        return (f"allocation loss{budget}: {kept_line(info)}, Fisher {info['fisher_seconds']:.1f} s, "
                 f"spectra {info['spectra_seconds']:.1f} s")

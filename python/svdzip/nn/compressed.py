@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .lowrank_linear import LowRankLinear
-from .quant_lowrank import SPEC_KEYS, QuantLowRankLinear, check_spec
+from .quant_lowrank import SPEC_KEYS, QuantLowRankLinear, check_spec, layer_bits
 
 COMPRESSED = (LowRankLinear, QuantLowRankLinear)
 PLAIN_KEYS = ("rank", "in_features", "out_features", "bias")
@@ -48,7 +48,13 @@ def stored_bits(module: nn.Module) -> int:
     """Bits of the layer's weight as stored (factors, codes, scales; not the bias)."""
     if isinstance(module, QuantLowRankLinear):
         return module.stored_bits()
-    return module.A.numel() * torch.finfo(module.A.dtype).bits + module.B.numel() * torch.finfo(module.B.dtype).bits
+    return layer_bits(module.out_features, module.in_features, module.rank, float_bits=torch.finfo(module.A.dtype).bits)
+
+
+def spec_bits(spec: dict, dtype) -> int:
+    """Bits a layer of this spec stores for its weight in a model of `dtype` (not the bias)."""
+    return layer_bits(spec["out_features"], spec["in_features"], spec["rank"], spec.get("factor_bits", 16),
+                      spec.get("base_bits", 0), spec.get("group_size", 128), torch.finfo(dtype).bits)
 
 
 def effective_weight(module: nn.Module, dtype=torch.float64) -> torch.Tensor:

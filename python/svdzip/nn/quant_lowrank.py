@@ -34,6 +34,20 @@ def check_spec(spec: dict, where: str) -> None:
                          f"layer{'' if base else ' without a quantized base'}")
 
 
+def layer_bits(m: int, n: int, rank: int, factor_bits: int = 16, base_bits: int = 0, group_size: int = 128,
+               float_bits: int = 32) -> int:
+    """Bits an m x n compressed layer stores for its weight (not the bias): the base's codes and
+    scales, then the pair at `rank` in factor_bits (16: floats of `float_bits`, the model's dtype).
+    The one count of stored bits: the layers report it, the byte budget plans with it, and a test
+    checks it against the tensors a layer of each spec really holds."""
+    total = stored_bits(m, n, base_bits, group_size) if base_bits else 0
+    if rank and factor_bits == 16:
+        total += (m + n) * rank * float_bits
+    elif rank:
+        total += stored_bits(m, rank, factor_bits, group_size) + stored_bits(rank, n, factor_bits, group_size)
+    return total
+
+
 class QuantLowRankLinear(nn.Module):
     def __init__(self, spec: dict, dtype=None, device=None) -> None:
         super().__init__()
@@ -88,14 +102,9 @@ class QuantLowRankLinear(nn.Module):
 
     def stored_bits(self) -> int:
         """Bits of the stored weight (codes, scales, factors; not the bias)."""
-        m, n, r = self.out_features, self.in_features, self.rank
-        total = stored_bits(m, n, self.base_bits, self.group_size) if self.base_bits else 0
-        if r and self.factor_bits == 16:
-            total += (m + n) * r * torch.finfo(self.A.dtype).bits
-        elif r:
-            total += stored_bits(m, r, self.factor_bits, self.group_size) + \
-                stored_bits(r, n, self.factor_bits, self.group_size)
-        return total
+        float_bits = torch.finfo(self.A.dtype).bits if isinstance(self.A, torch.Tensor) else 32
+        return layer_bits(self.out_features, self.in_features, self.rank, self.factor_bits, self.base_bits,
+                          self.group_size, float_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.factor_bits < 16 and self.A.runs_kernel(x):

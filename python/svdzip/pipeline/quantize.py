@@ -17,29 +17,18 @@ import math
 import torch
 
 from .. import rank
-from ..nn import LowRankLinear, QuantLowRankLinear, QuantMatrix
-from ..nn.compressed import entries
+from ..nn import LowRankLinear, QuantLowRankLinear, QuantMatrix, spec_bits
 from ..nn.gptq import gptq_quantize
 from .ctbase import read_base
-
-
-def quantizes(cfg) -> bool:
-    return cfg.output.quantized
 
 
 def layer_spec(shape, ratio: float, bias: bool, cfg) -> dict:
     m, n = shape
     spec = {"rank": rank.rank_for_ratio(m, n, ratio), "in_features": n, "out_features": m, "bias": bias}
-    if quantizes(cfg):
+    if cfg.output.quantized:
         out = cfg.output
         spec.update(factor_bits=out.factor_bits, base_bits=out.base_bits, group_size=out.group_size)
     return spec
-
-
-def stored_bits_of(spec: dict, dtype) -> int:
-    """Bits a layer of this spec stores for its weight (not the bias)."""
-    return sum(math.prod(shape) * (torch.finfo(dt).bits if dt.is_floating_point else torch.iinfo(dt).bits)
-               for name, dt, shape in entries(spec, dtype) if name != "bias")
 
 
 def ratio_for_bits(targets, cfg, dtype) -> float:
@@ -52,10 +41,11 @@ def ratio_for_bits(targets, cfg, dtype) -> float:
         shapes[key] = shapes.get(key, 0) + 1
 
     def bits_at(ratio: float) -> float:
-        return sum(count * stored_bits_of(layer_spec(shape, ratio, bias, cfg), dtype)
+        return sum(count * spec_bits(layer_spec(shape, ratio, bias, cfg), dtype)
                    for (shape, bias), count in shapes.items()) / weights
 
-    lo, hi, out = 1e-9, 1.0, cfg.output
+    # ratio 1 leaves a module dense at the model's dtype: the top is the largest ratio below it
+    lo, hi, out = 1e-9, math.nextafter(1.0, 0.0), cfg.output
     if bits_at(lo) > out.bits:
         raise ValueError(f"bits = {out.bits} is below the least these targets can store: {bits_at(lo):.3f} bits per "
                          f"weight at rank 1" + (f" on a {out.base_bits}-bit base" if out.base_bits else ""))
