@@ -15,6 +15,9 @@ Rows (targets: every Linear in the decoder blocks; group 128 below 8 bits):
                                 svdzip's base in BASE bits (round to nearest, or its own GPTQ on the Gram
                                 with :gptq) + the pair fitted to its error, RATIO of the dense parameters
                                 in the pair
+  caldera:RECIPE:BASE:RATIO:FACTOR_BITS:ROUNDS[:gptq]
+                                the corr row with --base-rounds ROUNDS (CALDERA: the base rounded again to
+                                what the pair leaves and the pair refitted, each module's best round kept)
   bits:RECIPE:BASE:BITS:FACTOR_BITS[:gptq]
                                 a byte budget (--bits BITS): the ratio of the pair derived from it (BASE 0:
                                 low-rank alone)
@@ -77,9 +80,9 @@ def _quantize_only(model, bits: int, group: int, base_of) -> None:
 
 
 def _config(recipe: str, ratio: float, factor_bits: int, base_bits: int = 0, base_from: str | None = None,
-            group_size: int = 128, base_method: str = "rtn", bits: float | None = None):
+            group_size: int = 128, base_method: str = "rtn", bits: float | None = None, base_rounds: int = 1):
     kw = {"ratio": ratio, "factor_bits": factor_bits, "base_bits": base_bits, "base_from": base_from,
-          "group_size": group_size, "base_method": base_method, "bits": bits}
+          "group_size": group_size, "base_method": base_method, "bits": bits, "base_rounds": base_rounds}
     if recipe == "best":  # under a base: uniform ratios and the plain objective (config_quant.py says why)
         return sz.recipe("best", **kw, **({"allocation": "uniform", "objective": "plain"} if base_bits else {}))
     return sz.build_config("svd_llm", **kw)
@@ -185,6 +188,10 @@ def main() -> None:
                 sz.compress(m, _config(p[0], float(p[1]), int(p[2])), calib, progress=False)
             elif kind == "bits":
                 cfg = _config(p[0], 0.8, int(p[3]), int(p[1]), None, 128, p[4] if len(p) > 4 else "rtn", float(p[2]))
+                sz.compress(m, cfg, calib, progress=False)
+            elif kind == "caldera":
+                cfg = _config(p[0], float(p[2]), int(p[3]), int(p[1]), None, 128, p[5] if len(p) > 5 else "rtn",
+                              base_rounds=int(p[4]))
                 sz.compress(m, cfg, calib, progress=False)
             elif kind in ("corr", "gcorr"):
                 ct = str(Path(work) / f"gptq{p[1]}" / "ct") if kind == "gcorr" else None  # the gptq row's

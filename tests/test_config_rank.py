@@ -161,3 +161,24 @@ def test_every_part_field_has_a_flat_name_and_a_cli_flag_or_a_reason(part):
         assert f.metadata["help"], f"{part}.{f.name} has no help"
         if f.metadata["cli"]:
             assert hasattr(help_text, flag), f"--{flag} missing from svdzip compress"
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_every_method_option_has_help_and_a_flag_that_reaches_the_config(method):
+    """Method options' flags, help, choices and defaults come from the method configs' fields:
+    each flag given its default's text builds the same config as the method's defaults."""
+    from svdzip.cli import build_parser
+    from svdzip.cli_compress import make_config
+    from svdzip.config import method_option_meta, own_fields
+
+    cls = CONFIGS[method]
+    argv = ["compress", "m", "o", "--method", method]
+    for name in own_fields(cls):
+        meta = method_option_meta(name)
+        assert meta["help"], f"{method}.{name} has no help"
+        default = cls.__dataclass_fields__[name].default
+        if meta.get("choices"):
+            assert default is None or default in meta["choices"]
+        if default is not None:
+            argv += [f"--{name.replace('_', '-')}", str(default)]
+    assert make_config(build_parser().parse_args(argv)) == cls()

@@ -95,6 +95,19 @@ def test_stale_staging_directories_are_removed_live_ones_kept(tmp_path):
     assert not dead.exists() and live.exists() and other.exists()
 
 
+def test_stale_export_staging_files_are_removed_live_ones_kept(tmp_path):
+    """A killed `svdzip export model.pt2` leaves .model.saving-PID.pt2 beside it; the next export of
+    that name removes it (export_package calls clean_stale on the name without .pt2)."""
+    from svdzip.pipeline.outdir import clean_stale
+
+    dead, live = tmp_path / ".model.saving-999999999.pt2", tmp_path / f".model.saving-{os.getpid()}.pt2"
+    other = tmp_path / ".model2.saving-999999999.pt2"
+    for f in (dead, live, other):
+        f.write_bytes(b"half a package")
+    assert clean_stale(tmp_path / "model") == [dead]
+    assert not dead.exists() and live.exists() and other.exists()
+
+
 def _flip_a_byte(f):
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x10  # inside a tensor, not in the header

@@ -6,27 +6,20 @@ import argparse
 import dataclasses
 
 from .cli_checks import UsageError, positive_int, window_length
-from .config import CONFIGS, FLAT, PARTS, RECIPES, WEIGHTINGS, build_config, method_name, own_fields
+from .config import CONFIGS, FLAT, PARTS, RECIPES, build_config, method_name, method_option_meta, own_fields
 
 # one help group per config part; each flag, its type, choices, default and help come from the
 # part's field (config_parts.py), so the help can never disagree with the config
 PART_TITLES = {"calibration": "calibration statistics", "allocation": "allocation: how the budget is spread",
                "objective": "objective", "refinement": "block-wise refinement",
                "output": "bytes: quantized factors, quantized base"}
-METHOD_FLAGS = {  # fields of some methods only: (help, type, choices)
-    "alpha": ("asvd: exponent of the channel scaling", float, None),
-    "stat": ("asvd: channel statistic", str, ("mean", "max")),
-    "variant": ("nsvd/nid: Cholesky (I) or eigen (II) stage 1", str, ("I", "II")),
-    "first_fraction": ("nsvd/nid/ressvd: share of the rank in stage 1", float, None),
-    "stage1": ("nsvd/nid/ressvd: weighting of stage 1 (default: whitened, eigen-whitened for variant II)", str,
-               WEIGHTINGS),
-    "stage2": ("nsvd/nid/ressvd: weighting of stage 2", str, WEIGHTINGS),
-    "last_fraction": ("ressvd: fraction of blocks compressed (from the end)", float, None),
-}
+# the options of some methods only (asvd's alpha, nsvd's stage2): their flags come from the method configs
+METHOD_FLAGS = tuple(sorted({name for cls in CONFIGS.values() for name in own_fields(cls)}))
 
 
-def _method_defaults() -> dict:
-    """A method option's default per method ("nid plain, nsvd asvd") where the methods differ."""
+def _method_options() -> dict[str, tuple[dict, str, str]]:
+    """Each method option: (its field's metadata, the methods that have it, its default per method
+    ("nid plain, nsvd asvd") where they differ), from the method configs."""
     own: dict[str, dict] = {}
     for method, cls in sorted(CONFIGS.items()):
         for name in own_fields(cls):
@@ -34,7 +27,10 @@ def _method_defaults() -> dict:
     out = {}
     for name, per in own.items():
         values = set(map(str, per.values()))
-        out[name] = values.pop() if len(values) == 1 else ", ".join(f"{m} {v}" for m, v in per.items())
+        shown = values.pop() if len(values) == 1 else ", ".join(f"{m} {v}" for m, v in per.items())
+        kind = next(type(v) for v in (*per.values(), "") if v is not None)
+        out[name] = ({"kind": kind, **{k: v for k, v in method_option_meta(name).items() if v is not None}},
+                     "/".join(per), shown)
     return out
 
 
@@ -62,12 +58,11 @@ def _add_part(group, part_cls) -> None:
 
 
 def _add_method_flags(group) -> None:
-    defaults = _method_defaults()
-    for name, (text, kind, choices) in METHOD_FLAGS.items():
-        shown = defaults.get(name)
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                           choices=list(choices) if choices else None,
-                           help=text if shown in (None, "None") else f"{text} (default {shown})")
+    for name, (meta, methods, shown) in _method_options().items():
+        text = f"{methods}: {meta['help']}"
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=meta["kind"], default=None,
+                           choices=list(meta["choices"]) if meta.get("choices") else None,
+                           help=text if shown == "None" else f"{text} (default {shown})")
 
 
 def add_compress(sub) -> None:

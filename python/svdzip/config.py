@@ -186,6 +186,17 @@ class CompressConfig:
         return cls(**d, **parts)
 
 
+def method_option_meta(name: str) -> dict:
+    """The help, choices and type of method option `name`, from the first config class that
+    declares it with them (a subclass that only changes the default, NSVD's stage2, has none)."""
+    for cls in CONFIGS.values():
+        for klass in cls.__mro__:
+            f = getattr(klass, "__dataclass_fields__", {}).get(name)
+            if f is not None and f.metadata.get("help"):
+                return dict(f.metadata)
+    raise KeyError(f"method option {name!r} has no help in any config class (declare it with option(...))")
+
+
 def own_fields(cls) -> tuple[str, ...]:
     """The dataclass fields of method config `cls` that CompressConfig does not have."""
     shared = {f.name for f in dataclasses.fields(CompressConfig)}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .config import CONFIGS, FLAT, PARTS, WEIGHTINGS, WHITENED, CompressConfig, check_number, own_fields, register
+from .config_parts import option
 
 
 @register
@@ -37,8 +38,8 @@ class ASVDConfig(CompressConfig):
     """ASVD: W·diag(s)^alpha with s = mean|x| (or max|x|) per input channel."""
 
     method: ClassVar[str] = "asvd"
-    alpha: float = 0.5
-    stat: str = "mean"
+    alpha: float = option(0.5, "exponent of the channel scaling")
+    stat: str = option("mean", "channel statistic", choices=("mean", "max"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,9 +66,10 @@ class _TwoStageConfig(CompressConfig):
     """Two stages: rank k1 under `stage1` weighting, then the residual at k − k1 under `stage2`.
     stage1 None = the method's own whitening (`stage1_weighting`)."""
 
-    first_fraction: float = 0.95
-    stage1: str | None = None
-    stage2: str = "plain"
+    first_fraction: float = option(0.95, "share of the rank in stage 1")
+    stage1: str | None = option(None, "weighting of stage 1 (default: whitened, eigen-whitened for variant II)",
+                                choices=WEIGHTINGS, kind=str)
+    stage2: str = option("plain", "weighting of stage 2", choices=WEIGHTINGS)
 
     def __post_init__(self) -> None:
         check_number(self.first_fraction, "first_fraction", 0, 1, lo_open=True)
@@ -96,7 +98,7 @@ class NSVDConfig(_TwoStageConfig):
 
     method: ClassVar[str] = "nsvd"
     stage2: str = "asvd"
-    variant: str = "I"
+    variant: str = option("I", "Cholesky (I) or eigen (II) stage 1", choices=("I", "II"))
 
     def __post_init__(self) -> None:
         if self.variant not in ("I", "II"):
@@ -131,7 +133,7 @@ class ResSVDConfig(_TwoStageConfig):
 
     method: ClassVar[str] = "ressvd"
     first_fraction: float = 0.9
-    last_fraction: float = 0.75
+    last_fraction: float = option(0.75, "fraction of blocks compressed (from the end)")
 
     def __post_init__(self) -> None:
         check_number(self.last_fraction, "last_fraction", 0, 1, lo_open=True)

@@ -165,6 +165,9 @@ class Output:
     bits: float | None = option(None, "a byte budget instead of --ratio: average bits per targeted weight as "
                                 "stored (codes, scales, factors), e.g. 4.25: the largest uniform ratio that fits, or "
                                 "with --allocation loss each module's ranks priced in stored bits", kind=float)
+    base_rounds: int = option(1, "CALDERA: rounds of rounding the base again to what the factors leave (W - A*B) "
+                              "and refitting them; each module keeps its round of lowest output error on the "
+                              "calibration Gram; 1 = round once")
     base_from: str | None = option(None, "use the quantized weights of this compressed-tensors checkpoint "
                                    "(llm-compressor's GPTQ, symmetric 2-4 bit groups) as the base and fit the "
                                    "factors to its error; --base-bits and --group-size default to the "

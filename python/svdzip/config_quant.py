@@ -1,5 +1,5 @@
 """The allowed values of the output part's quantization options (factor_bits, base_bits, group_size,
-base_method, base_from, bits) and their own checks, which raise and never rewrite. Checks that
+base_method, base_rounds, base_from, bits) and their own checks, which raise and never rewrite. Checks that
 involve other parts (refinement, objective, allocation) are CompressConfig's."""
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ def check_output(out) -> None:
     if out.base_method != "rtn" and (not out.base_bits or out.base_from):
         raise ValueError(f"base_method = {out.base_method!r} rounds svdzip's own base: it needs base_bits "
                          f"and no base_from")
+    if isinstance(out.base_rounds, bool) or not isinstance(out.base_rounds, int) or not 1 <= out.base_rounds <= 16:
+        raise ValueError(f"base_rounds = {out.base_rounds!r} must be an integer in [1, 16]")
+    if out.base_rounds > 1 and (not out.base_bits or out.base_from):
+        raise ValueError(f"base_rounds = {out.base_rounds} rounds svdzip's own base again: it needs base_bits "
+                         f"and no base_from (a checkpoint's base is kept as it is)")
     if out.base_from is not None and (not isinstance(out.base_from, str) or not out.base_bits):
         raise ValueError(f"base_from = {out.base_from!r} must be a directory, with base_bits set to its bits")
     if out.bits is not None and (isinstance(out.bits, bool) or not isinstance(out.bits, (int, float))

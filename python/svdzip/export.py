@@ -25,6 +25,7 @@ import torch
 from . import ops
 from .hf import base_model_type
 from .nn import QuantLowRankLinear
+from .pipeline.outdir import clean_stale
 
 # Architectures whose export is tested (tests/test_export.py) and whose tokens match generate().
 SUPPORTED = ("llama", "qwen2", "gemma3_text")
@@ -152,6 +153,7 @@ def export_package(model, out, max_seq_len: int = 512, device: str = "cpu", lowr
     progress("export: compiling with AOTInductor (a minute or more)")
     metadata = {"svdzip.max_seq_len": str(max_seq_len), "svdzip.model_type": arch,
                 "svdzip.lowrank": lowrank, "svdzip.vocab_size": str(model.config.vocab_size)}
+    clean_stale(out.with_name(out.stem))  # staging files of killed exports of this name
     tmp = out.with_name(f".{out.stem}.saving-{os.getpid()}{SUFFIX}")
     try:
         torch._inductor.aoti_compile_and_package(

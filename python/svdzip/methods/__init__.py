@@ -6,6 +6,8 @@ statistics into a weighting (once per shared input), `decompose` does the math.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -60,4 +62,11 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-from . import asvd, fwsvd, nid, nsvd, ressvd, svd, svd_llm  # noqa: E402,F401  (registration)
+def _import_all() -> None:
+    """Each module of this package registers its method when imported: a new method is its file
+    and its config class (config_methods.py), nothing to list here."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()

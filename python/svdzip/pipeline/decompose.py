@@ -128,6 +128,7 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
     t0 = time.perf_counter()
     jobs, keys, prepared, maps, bases = _prepare(targets, stats, cfg, method, owned)
     results = method.decompose_many(jobs, cfg)
+    rounds = _alternate_base(targets, jobs, results, bases, stats, cfg, method)
     notes = {key: {**_notes(prep), **(maps[key][1] if key in maps else {})} for key, prep in prepared.items()}
     maps = None
     fitted = [W for W, _, _ in jobs] if cfg.output.factor_bits < 16 else [None] * len(jobs)
@@ -154,6 +155,8 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
         setattr(t.parent, t.attr, new)
         t.module = None  # the target list outlives this call: let the dense weight go now
         extra = {"balanced_split": True} if balanced else {}
+        if i in rounds:
+            extra["base_round"] = rounds[i]
         if "factor_bits" in spec:
             extra["bits_per_weight"] = stored_bits(new) / (m * n)
         out.append(ModuleReport(
@@ -161,3 +164,39 @@ def _decompose_and_swap(targets: list[Target], stats: dict, cfg, method, owned: 
             float(D.norm() / W.norm()), _out_error(W, D, gram), {**notes[keys[i]], **extra},
             shared_s + time.perf_counter() - t0))
     return out
+
+
+def _alternate_base(targets, jobs: list, results: list, bases: list, stats: dict, cfg, method) -> dict[int, int]:
+    """CALDERA's alternation (Saha et al., 2024) for `base_rounds` > 1: the base is rounded again
+    to what the pair leaves, Q = round(W - A·B), and the pair refitted to W - deq(Q) by the
+    method's own weighting, round after round. Rounding is not a least-squares step on the
+    whitened objective, so a round can be worse: per target the round whose ‖(W - deq(Q) - A·B)·Xᵀ‖
+    is lowest is kept (the Gram's output error; the plain norm without a Gram). Updates jobs
+    (the matrix the pair fits), results and bases in place; returns {target index: kept round}."""
+    idx = [i for i, b in enumerate(bases) if b is not None]
+    if cfg.output.base_rounds < 2 or not idx:
+        return {}
+    W0 = {i: targets[i].module.weight.detach().double() for i in idx}
+    gram = {i: stats.get(targets[i].name, {}).get("gram") for i in idx}
+
+    def error(i, base, pair) -> float:
+        D = W0[i] - base.dequantize(torch.float64) - pair[0].double() @ pair[1].double()
+        e = _out_error(W0[i], D, gram[i])
+        return float(D.norm()) if e is None else e
+
+    best = {i: (error(i, bases[i], results[i]), 1, bases[i], results[i]) for i in idx}
+    last = {i: results[i] for i in idx}
+    for r in range(2, cfg.output.base_rounds + 1):
+        new_bases = {i: quantized_base(W0[i] - last[i][0].double() @ last[i][1].double(), cfg, targets[i].name,
+                                       gram[i]) for i in idx}
+        fits = method.decompose_many([(W0[i] - new_bases[i].dequantize(torch.float64), jobs[i][1], jobs[i][2])
+                                      for i in idx], cfg)
+        for i, pair in zip(idx, fits):
+            last[i] = pair
+            e = error(i, new_bases[i], pair)
+            if e < best[i][0]:
+                best[i] = (e, r, new_bases[i], pair)
+    for i in idx:
+        _, _, bases[i], results[i] = best[i]
+        jobs[i] = (W0[i] - bases[i].dequantize(torch.float64), jobs[i][1], jobs[i][2])
+    return {i: best[i][1] for i in idx}

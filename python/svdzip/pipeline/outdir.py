@@ -59,7 +59,8 @@ def check_output(out, inputs=(), overwrite: bool = False, flag: str = "--overwri
     return path
 
 
-_STAGING = re.compile(r"\.(?P<name>.+)\.(saving|old)-(?P<pid>\d+)(-.*)?$")
+# .OUT.saving-PID-XXXX (a directory), .OUT.old-PID, .STEM.saving-PID.pt2 (export's package file)
+_STAGING = re.compile(r"\.(?P<name>.+?)\.(saving|old)-(?P<pid>\d+)([-.].*)?$")
 
 
 def _running(pid: int) -> bool:
@@ -73,7 +74,8 @@ def _running(pid: int) -> bool:
 
 
 def clean_stale(out) -> list[Path]:
-    """Remove the staging / set-aside directories of OUT that a dead process left; returns them."""
+    """Remove the staging / set-aside directories (and export's staging files) of OUT that a dead
+    process left; returns them."""
     out = Path(out)
     gone = []
     parent = out.parent if str(out.parent) else Path(".")
@@ -81,8 +83,11 @@ def clean_stale(out) -> list[Path]:
         return gone
     for p in parent.iterdir():
         m = _STAGING.match(p.name)
-        if m and m["name"] == out.name and p.is_dir() and not _running(int(m["pid"])):
-            shutil.rmtree(p, ignore_errors=True)
+        if m and m["name"] == out.name and not _running(int(m["pid"])):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             gone.append(p)
     return gone
 
