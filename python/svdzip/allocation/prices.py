@@ -16,12 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import rank
 from ..nn.quant_lowrank import layer_bits
-
-
-def top_rank(m: int, n: int) -> int:
-    """The highest rank a kept ratio reaches (ratio 1 = dense): ⌊mn/(m+n)⌋, at least 1."""
-    return max(1, (m * n) // (m + n))
 
 
 def top_lowrank(m: int, n: int) -> int:
@@ -32,7 +28,7 @@ def top_lowrank(m: int, n: int) -> int:
 
 @dataclass(frozen=True)
 class Price:
-    ranks: torch.Tensor   # int64 [top_rank]: rank k's cost over rank k-1 (rank 1: its whole cost)
+    ranks: torch.Tensor   # int64 [highest rank]: rank k's cost over rank k-1 (rank 1: its whole cost)
     dense: int            # storing the module dense
 
     @property
@@ -41,7 +37,8 @@ class Price:
 
 
 def in_parameters(m: int, n: int) -> Price:
-    return Price(torch.full((top_rank(m, n),), m + n, dtype=torch.int64), m * n)
+    # the highest rank a kept ratio reaches (ratio 1 = dense): ⌊mn/(m+n)⌋, at least 1
+    return Price(torch.full((rank.rank_for_ratio(m, n, 1.0),), m + n, dtype=torch.int64), m * n)
 
 
 def in_bits(m: int, n: int, output, float_bits: int) -> Price:
