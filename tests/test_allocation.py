@@ -150,3 +150,14 @@ def test_sweeps_of_any_size_give_the_same_table(method):
     assert run[0]["ppl"] == run[1]["ppl"] and run[0]["dense_ppl"] == run[1]["dense_ppl"]
     ppl = [p for v in run[0]["ppl"].values() for p in v.values()]
     assert len(ppl) == 2 * len(targets) and len(set(ppl)) > len(targets)  # trials do differ
+
+
+@pytest.mark.parametrize("name", sorted(allocation.STRATEGIES))
+def test_a_strategys_fields_are_options_a_config_has(name):
+    """`Strategy.fields` (what the strategy reads, docs/design.md) names flat options of some
+    method's config: a renamed option cannot leave a stale name there."""
+    from svdzip.config import CONFIGS
+
+    options = {k for cls in CONFIGS.values() for k in cls(ratio=0.5).flat()}
+    fields = allocation.STRATEGIES[name].fields
+    assert "ratio" in fields and set(fields) <= options, set(fields) - options

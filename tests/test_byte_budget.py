@@ -19,7 +19,7 @@ from svdzip.nn.quant_lowrank import layer_bits
 from svdzip.pipeline.quantize import layer_spec, ratio_for_bits
 from svdzip.pipeline.walk import find_targets
 
-from tiny_models import calib, tiny
+from tiny_models import calib, random_spectra, tiny
 
 
 @pytest.mark.parametrize("factor_bits", FACTOR_BITS)
@@ -86,11 +86,8 @@ class _Out:  # the output part's fields the prices read
 
 @pytest.mark.parametrize("seed", range(4))
 def test_byte_priced_knapsack_equals_exhaustive_search(seed):
-    g = torch.Generator().manual_seed(seed)
     shapes = {"a": (40, 24), "b": (36, 30), "c": (32, 32)}
-    spectra = {n: torch.rand(min(s), generator=g, dtype=torch.float64).sort(descending=True).values ** 2
-               for n, s in shapes.items()}
-    w = {n: float(torch.rand(1, generator=g)) + 0.1 for n in shapes}
+    spectra, w = random_spectra(shapes, seed)
     prices = {n: in_bits(*s, _Out, 32) for n, s in shapes.items()}
     budget = int(6 * sum(m * n for m, n in shapes.values()))  # 6 bits per weight
 

@@ -106,3 +106,19 @@ def test_files_and_functions_stay_small():
     long_functions = [f"{p.relative_to(PACKAGE)}:{n.name}" for p in FILES for n in ast.walk(ast.parse(p.read_text()))
                       if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 60]
     assert long_files == [] and long_functions == []
+
+
+def block_visits(path: Path, source: str | None = None) -> list[str]:
+    """Calls of `.onload(...)` / `.offload(...)` in a file: a pass that onloads blocks itself
+    instead of running on pipeline/walk.visit (the one block loop, docs/design.md)."""
+    tree = ast.parse(source if source is not None else path.read_text())
+    return [f"{path.name}:{n.lineno}: .{n.func.attr}()" for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("onload", "offload")]
+
+
+def test_every_pass_visits_blocks_through_the_one_loop():
+    walk = PACKAGE / "pipeline" / "walk.py"
+    outside = [v for p in FILES if p != walk for v in block_visits(p)]
+    assert outside == [] and block_visits(walk)
+    trials = PACKAGE / "pipeline" / "trials.py"
+    assert block_visits(trials, trials.read_text() + "\ndef f(source):\n    source.onload(0)\n")

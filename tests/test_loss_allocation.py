@@ -10,7 +10,7 @@ from svdzip.pipeline.source import InMemory
 from svdzip.pipeline.spectra import whitened_spectra
 from svdzip.pipeline.walk import find_targets
 
-from tiny_models import calib, tiny
+from tiny_models import calib, random_spectra, tiny
 
 
 def _params(shapes, ratios):
@@ -39,11 +39,8 @@ def test_importance_moves_rank_to_the_important_module():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_greedy_equals_exhaustive_search_on_small_problems(seed):
-    g = torch.Generator().manual_seed(seed)
     shapes = {"a": (8, 6), "b": (10, 5), "c": (7, 7)}
-    spectra = {n: torch.rand(min(s), generator=g, dtype=torch.float64).sort(descending=True).values ** 2
-               for n, s in shapes.items()}
-    w = {n: float(torch.rand(1, generator=g)) + 0.1 for n in shapes}
+    spectra, w = random_spectra(shapes, seed)
     budget = int(0.5 * sum(m * n for m, n in shapes.values()))
 
     def loss(name, k):
@@ -142,14 +139,18 @@ def test_loss_allocation_config_errors(tmp_path):
         sz.build_config("svd_llm", allocation="loss", loss_probe_ratio=1.5)
 
 
+@pytest.mark.parametrize("chunk", [5, 64])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_blockwise_block_output_fisher_equals_the_whole_model_backward(tmp_path, arch):
+def test_blockwise_block_output_fisher_equals_the_whole_model_backward(tmp_path, monkeypatch, arch, chunk):
     """Out of core the loss allocation's block-output Fisher comes from a block-wise backward
-    (pipeline/fisher.py); it equals the in-memory one, and leaves no gradients behind."""
-    from svdzip.pipeline import replay
+    (pipeline/fisher.py), the LM head run on `chunk` tokens at a time (16-token windows: 4
+    slices, the last of one token; or one); it equals the in-memory one, and leaves no
+    gradients behind."""
+    from svdzip.pipeline import fisher, replay
     from svdzip.pipeline.fisher import block_output_fisher, block_output_fisher_blockwise
     from svdzip.pipeline.source import InMemory
 
+    monkeypatch.setattr(fisher, "LOSS_CHUNK", chunk)
     model, ids = tiny(arch), calib(3, 16)
     whole = block_output_fisher(model, ids, progress=False)
     source = InMemory(model)

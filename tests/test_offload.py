@@ -279,13 +279,18 @@ def test_fisher_and_allocations_offloaded_equal_in_memory(tmp_path, monkeypatch,
         assert len(set(off.allocation["ratios"].values())) > 1
 
 
+@pytest.mark.parametrize("chunk", [7, 64])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_blockwise_fisher_equals_the_whole_model_backward(tmp_path, arch):
+def test_blockwise_fisher_equals_the_whole_model_backward(tmp_path, monkeypatch, arch, chunk):
+    """The LM head's loss gradient in slices of `chunk` tokens (24-token windows: 4 slices, or
+    one) gives the whole window's gradient."""
+    from svdzip.pipeline import fisher
     from svdzip.pipeline.fisher import row_fisher, row_fisher_blockwise
     from svdzip.pipeline import replay
     from svdzip.pipeline.source import InMemory
     from svdzip.pipeline.walk import find_targets
 
+    monkeypatch.setattr(fisher, "LOSS_CHUNK", chunk)
     model = tiny(arch)
     _, targets = find_targets(model, sz.build_config("fwsvd", ratio=0.6, last_blocks=2))
     flags = [p.requires_grad for p in model.parameters()]

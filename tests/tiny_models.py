@@ -28,3 +28,12 @@ def tiny(arch: str, layers: int = 3):
 
 def calib(n: int = 4, seqlen: int = 24) -> torch.Tensor:
     return torch.randint(0, 128, (n, seqlen), generator=torch.Generator().manual_seed(1))
+
+
+def random_spectra(shapes: dict, seed: int):
+    """(σ² per module, descending float64; a loss weight per module in [0.1, 1.1)) for the
+    knapsack tests: random, reproducible from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    spectra = {n: torch.rand(min(s), generator=g, dtype=torch.float64).sort(descending=True).values ** 2
+               for n, s in shapes.items()}
+    return spectra, {n: float(torch.rand(1, generator=g)) + 0.1 for n in shapes}

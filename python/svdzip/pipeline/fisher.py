@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from . import replay
-from .walk import decoder_layers, swapped_forwards
+from .walk import decoder_layers, swapped_forwards, visit
 
 
 def _recompute_in_backward(layers):
@@ -99,20 +99,32 @@ def _unspill(path: Path) -> list[torch.Tensor]:
         return [fh.get_tensor(str(j)) for j in range(len(fh.keys()))]
 
 
+LOSS_CHUNK = 64  # tokens per slice of the LM head in _loss_gradients
+
+
 def _loss_gradients(source, hidden: list[torch.Tensor], tokens: torch.Tensor) -> list[torch.Tensor]:
     """∂L/∂h for the last block's output h, per window, with the model's own loss function
-    (the same mean over shifted tokens as `model(x, labels=x).loss`)."""
+    (the same mean over shifted tokens as `model(x, labels=x).loss`). The head runs on
+    LOSS_CHUNK tokens at a time, each slice's summed loss over the window's count: every token's
+    gradient is its own, so the result is the whole window's, while the logits, their log-softmax
+    and its gradient are held for one slice (whole, a 512-token window of Qwen2.5's 152k
+    vocabulary holds 3 x 311 MB)."""
     model = source.model
     source.onload_resident()
     try:
         head = replay.head(model)
         grads = []
         for j, h in enumerate(hidden):
-            h = h.to(source.device).requires_grad_(True)
             labels = tokens[j:j + 1].to(source.device)
-            with torch.enable_grad():
-                loss = model.loss_function(logits=head(h), labels=labels, vocab_size=model.config.vocab_size)
-                (g,) = torch.autograd.grad(loss, h)
+            shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
+            count = int((shifted != -100).sum())
+            g = torch.empty_like(h, device=source.device)
+            for s in range(0, h.shape[1], LOSS_CHUNK):
+                x = h[:, s:s + LOSS_CHUNK].to(source.device).requires_grad_(True)
+                with torch.enable_grad():
+                    loss = model.loss_function(logits=head(x), labels=None, vocab_size=model.config.vocab_size,
+                                               num_items_in_batch=count, shift_labels=shifted[:, s:s + LOSS_CHUNK])
+                    (g[:, s:s + LOSS_CHUNK],) = torch.autograd.grad(loss, x)
             grads.append(g.to(source.store))
         return grads
     finally:
@@ -149,22 +161,19 @@ def _blockwise_backward(source, targets, hidden, block_args, tokens, spill_dir, 
     n = len(source.layers)
     acc, out = {}, {}
     try:
-        for i in tqdm(range(n), desc="fisher forward", disable=not progress, leave=False):
-            layer = source.onload(i)
+        for i, layer in visit(source, range(n), "fisher forward", progress, leave=False):
             if i >= first:
                 _spill(spill / f"in-{i:05d}.safetensors", hidden)
             hidden = replay.run_block(layer, hidden, block_args[i])
-            source.offload(i)
         grads = _loss_gradients(source, hidden, tokens)
         del hidden
-        for i in tqdm(range(n - 1, first - 1, -1), desc="fisher backward", disable=not progress, leave=False):
+        # block `first` is visited only for its weights' gradients; without any, its output's is the last wanted
+        wanted = any(t.block == first for t in targets)
+        for i, layer in visit(source, range(n - 1, first - (1 if wanted else 0), -1), "fisher backward", progress,
+                              leave=False):
             if outputs:
-                out[i] = sum(g.float().square().sum(tuple(range(g.dim() - 1)), dtype=torch.float64) for g in grads)
-            weights = {t.name: t.module for t in targets if t.block == i}
-            if i == first and not weights:
-                break  # nothing below is wanted: no backward through this block
-            layer = source.onload(i)
-            weights = {name: m.weight for name, m in weights.items()}
+                out[i] = _squared_sums(grads)
+            weights = {t.name: t.module.weight for t in targets if t.block == i}
             mine = _zeros(weights, source.device)
             inputs = _unspill(spill / f"in-{i:05d}.safetensors")
             rest, kw = block_args[i]
@@ -177,10 +186,16 @@ def _blockwise_backward(source, targets, hidden, block_args, tokens, spill_dir, 
                     grads[j] = x.grad.to(source.store) if i > first else None
             acc.update({k: v.cpu() for k, v in mine.items()})
             (spill / f"in-{i:05d}.safetensors").unlink()
-            source.offload(i)
+        if outputs and not wanted:
+            out[first] = _squared_sums(grads)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     return acc, out
+
+
+def _squared_sums(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Σ over windows and tokens of the squared gradients, per channel (float64)."""
+    return sum(g.float().square().sum(tuple(range(g.dim() - 1)), dtype=torch.float64) for g in grads)
 
 
 def _finite_outputs(acc: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:

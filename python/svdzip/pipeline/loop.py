@@ -1,5 +1,5 @@
 """The block loop: the one place blocks are compressed, whatever the weights' source or the
-results' destination (docs/design.md).
+results' destination (docs/design.md); it runs on walk.visit like every other pass.
 
     for i in blocks:
         block = source.onload(i)            in memory | read from the checkpoint's shards
@@ -33,6 +33,7 @@ from .layout import block_tensors
 from .memory import release_freed_memory
 from .refine import refine_block
 from .streams import Streams
+from .walk import visit, visit_windows
 
 
 @dataclass
@@ -98,8 +99,7 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
     last = max(blocks)
     end = len(source.layers) if sink is not None else last + 1  # a sink needs every block written
     desc = f"{job.config.method} {'one-shot' if job.dense_inputs else 'sequential'}"
-    for i in tqdm(range(start, end), desc=desc, disable=not job.progress, initial=start, total=end):
-        layer = source.onload(i)
+    for i, layer in visit(source, range(start, end), desc, job.progress, initial=start, total=end):
         forward = i < last and job.stats is None  # later blocks need this one's outputs
         advanced = False
         if i in blocks:
@@ -125,7 +125,6 @@ def run(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int 
                 streams.drop()  # no block after this one is compressed: nothing needs them
         if sink is not None:
             sink.write(i, block_tensors(layer, source.prefixes[i]), streams.saved(), job.report.modules)
-        source.offload(i)
 
 
 def run_windows(source, blocks: dict, streams: Streams, job: Job, sink=None, start: int = 0,
@@ -142,13 +141,12 @@ def run_windows(source, blocks: dict, streams: Streams, job: Job, sink=None, sta
     end = len(source.layers) if sink is not None else last + 1
     bar = tqdm(total=end, initial=start, desc=f"{job.config.method} one-shot x{job.group.world}",
                disable=not job.progress)
-    for first in range(start, end, window):
-        span = range(first, min(first + window, end))
+    spans = (range(first, min(first + window, end)) for first in range(start, end, window))
+    for span, layers in visit_windows(source, spans, bar):
         targets = [t for i in span for t in blocks.get(i, [])]
         owner_of = job.group.owners(targets) if targets else {}
-        parts, layers = [], {}
-        for i in span:
-            layers[i] = layer = source.onload(i)
+        parts = []
+        for i, layer in layers.items():
             with _timed(job, "seconds_stats"):
                 if i in blocks:
                     stats, _ = collect_block(layer, blocks[i], streams, i, source.device, job, i < last, owner_of)
@@ -163,11 +161,8 @@ def run_windows(source, blocks: dict, streams: Streams, job: Job, sink=None, sta
                          owner_of=owner_of)
             parts = None
             release_freed_memory()
-        for i in span:
-            if sink is not None:  # the hidden states are those entering the window's end
-                sink.write(i, block_tensors(layers[i], source.prefixes[i]), streams.saved(), job.report.modules,
+        if sink is not None:  # the hidden states are those entering the window's end
+            for i, layer in layers.items():
+                sink.write(i, block_tensors(layer, source.prefixes[i]), streams.saved(), job.report.modules,
                            resume_point=i == span[-1])
-            source.offload(i)
-            layers.pop(i)
-            bar.update()
     bar.close()

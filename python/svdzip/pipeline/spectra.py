@@ -20,14 +20,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import ops, rank
 from . import replay
 from .group import Single
 from .streams import Streams
 from .trials import block_stats
-from .walk import by_block
+from .walk import by_block, visit
 
 
 @dataclass
@@ -83,8 +82,7 @@ def whitened_spectra(source, targets, calibration: torch.Tensor, cfg, batch_size
     if probe is not None:
         probe.scores, probe.ranks = {}, {}
     try:
-        for b in tqdm(range(last + 1), desc="spectra", disable=not progress, leave=False):
-            layer = source.onload(b)
+        for b, layer in visit(source, range(last + 1), "spectra", progress, leave=False):
             if b in blocks:
                 inputs = [h.to(source.device, copy=True) for h in streams.hidden[:probe.windows]] if probe else None
                 stats = block_stats(layer, b, blocks[b], streams, cfg, {"gram"}, source.device, group)
@@ -107,7 +105,6 @@ def whitened_spectra(source, targets, calibration: torch.Tensor, cfg, batch_size
                     del left, inputs
             elif b < last:
                 streams.advance(layer, b, source.device)
-            source.offload(b)
     finally:
         source.onload_resident()
     if probe is not None and group.distributed:

@@ -27,7 +27,7 @@ from ..calibration.collector import StatsCollector
 from . import replay
 from .group import Single
 from .streams import Streams
-from .walk import by_block
+from .walk import by_block, visit
 
 DEFAULT_TRIAL_MEMORY = 1 << 30
 
@@ -105,8 +105,7 @@ def _sweep(source, blocks, span, to_the_end: bool, dense, slice_args, full, stat
     (first, stop), (cfg, method, kinds), device = span, spec, source.device
     live: dict = {}
     carry, following = dense, None
-    for b in range(first, len(source.layers)):
-        layer = source.onload(b)
+    for b, layer in visit(source, range(first, len(source.layers))):
         for key, h in live.items():
             live[key] = replay.run_block(layer, h, slice_args[b])
         if b < stop:
@@ -122,7 +121,6 @@ def _sweep(source, blocks, span, to_the_end: bool, dense, slice_args, full, stat
             carry = replay.run_block(layer, carry, slice_args[b])
             if b == stop - 1:
                 following = carry
-        source.offload(b)
     return live, carry, following
 
 

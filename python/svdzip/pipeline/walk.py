@@ -1,12 +1,17 @@
 """Find decoder blocks and the Linear layers to compress through the model's own structure
-(`_no_split_modules`, the largest ModuleList), never through architecture-specific names."""
+(`_no_split_modules`, the largest ModuleList), never through architecture-specific names; and
+visit them: `visit` / `visit_windows` are the one block loop every pass runs on (the block
+loop proper, the Fisher forward and backward, the sensitivity sweeps, the spectra and probes),
+so onloading and offloading a block is written once."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import rank
 
@@ -104,3 +109,34 @@ def swapped_forwards(layers, make):
                 layer.__dict__.pop("forward", None)
             else:
                 layer.forward = fwd
+
+
+def visit(source, order: Iterable[int], desc: str | None = None, progress: bool = True,
+          **bar) -> Iterator[tuple[int, nn.Module]]:
+    """The one block loop: (i, block i) for each i in `order`, the block onloaded from the
+    `source` (pipeline/source.py) before the caller's body runs and offloaded after it, also
+    when the body leaves the loop early or raises (an out-of-core run never holds a block it
+    is done with). A progress bar named `desc` (none without one; `bar`: tqdm's options)."""
+    steps = tqdm(order, desc=desc, disable=not progress, **bar) if desc else order
+    for i in steps:
+        layer = source.onload(i)
+        try:
+            yield i, layer
+        finally:
+            source.offload(i)
+
+
+def visit_windows(source, spans: Iterable[range], bar=None) -> Iterator[tuple[range, dict[int, nn.Module]]]:
+    """`visit` a window of blocks at a time: (span, {i: block i}) with every block of the span
+    onloaded, all offloaded after the body (`bar` updated once per block)."""
+    for span in spans:
+        layers: dict[int, nn.Module] = {}
+        try:
+            for i in span:
+                layers[i] = source.onload(i)
+            yield span, layers
+        finally:
+            for i in layers:
+                source.offload(i)
+                if bar is not None:
+                    bar.update()
