@@ -69,14 +69,10 @@ def _targets(model) -> list[tuple[str, nn.Module, str, nn.Linear]]:
             if isinstance(mod, nn.Linear) and any(name.startswith(p + ".") for p in inside)]
 
 
-def _quantize_only(model, bits: int, group: int, base_of) -> None:
+def _quantize_only(model, base_of) -> None:
     """Every target replaced by its base alone (rank 0), run by the integer kernels."""
     for name, parent, attr, lin in _targets(model):
-        m, n = lin.weight.shape
-        spec = {"rank": 0, "in_features": n, "out_features": m, "bias": lin.bias is not None,
-                "factor_bits": 16, "base_bits": bits, "group_size": group}
-        setattr(parent, attr, QuantLowRankLinear.from_parts(spec, None, None, base_of(name, lin), lin.bias,
-                                                            lin.weight.dtype))
+        setattr(parent, attr, QuantLowRankLinear.base_only(base_of(name, lin), lin.bias, lin.weight.dtype))
 
 
 def _config(recipe: str, ratio: float, factor_bits: int, base_bits: int = 0, base_from: str | None = None,
@@ -177,13 +173,13 @@ def main() -> None:
             if kind == "gptq":  # GPTQ's codes and scales, read into svdzip's layers: the same kernels run them
                 bits = int(p[0])
                 ct, info = _gptq(args, bits, group, calib, Path(work))
-                _quantize_only(m, bits, group, lambda name, lin: read_base(ct, name, tuple(lin.weight.shape), bits, group))
+                _quantize_only(m, lambda name, lin: read_base(ct, name, tuple(lin.weight.shape), bits, group))
                 record(spec, m, _bits(m, names, dense_weights), info["seconds"], {"gptq": info})
                 continue
             t0 = time.perf_counter()
             if kind == "rtn":
                 bits = int(p[0])
-                _quantize_only(m, bits, 128, lambda name, lin: QuantMatrix.from_float(lin.weight, bits, 128, name))
+                _quantize_only(m, lambda name, lin: QuantMatrix.from_float(lin.weight, bits, 128, name))
             elif kind == "lr":
                 sz.compress(m, _config(p[0], float(p[1]), int(p[2])), calib, progress=False)
             elif kind == "bits":

@@ -14,6 +14,7 @@ import svdzip as sz
 from svdzip import methods
 from svdzip.config import BASE_BITS, FACTOR_BITS, GROUP_SIZES, SVDConfig, SVDLLMConfig, build_config
 from svdzip.nn import QuantLowRankLinear, QuantMatrix, packing
+from svdzip.nn.quant_lowrank import layer_bits
 from svdzip.offload import compress_checkpoint
 from svdzip.pipeline.checkpoint import Checkpoint
 from svdzip.pipeline.quantize import refit_left
@@ -285,3 +286,13 @@ def test_gptq_base_in_the_pipeline_beats_rtn_base():
     assert mean(gptq) < mean(rtn)
     with pytest.raises(ValueError, match="base_method = 'gptq' rounds svdzip's own base"):
         build_config("svd_llm", base_method="gptq")
+
+
+@pytest.mark.parametrize("bits", BASE_BITS)
+def test_a_base_alone_runs_as_its_dequantised_weight(bits):
+    W, b, x = torch.randn(24, 40), torch.randn(24), torch.randn(3, 40)
+    base = QuantMatrix.from_float(W, bits, 16, "w")
+    layer = QuantLowRankLinear.base_only(base, b, torch.float32)
+    assert layer.rank == 0 and layer.stored_bits() == layer_bits(24, 40, 0, 16, bits, 16)
+    # the integer kernels take bf16 activations
+    torch.testing.assert_close(layer(x), x @ base.dequantize(torch.float32).T + b, rtol=2e-2, atol=0.1)

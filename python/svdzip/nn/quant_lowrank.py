@@ -85,6 +85,13 @@ class QuantLowRankLinear(nn.Module):
         mod.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype).clone())
         return mod
 
+    @classmethod
+    def base_only(cls, base: QuantMatrix, bias, dtype):
+        """A quantized weight alone (rank 0: no pair), e.g. a plain RTN or GPTQ checkpoint's layer."""
+        spec = {"rank": 0, "in_features": base.cols, "out_features": base.rows, "bias": bias is not None,
+                "factor_bits": 16, "base_bits": base.bits, "group_size": base.group_size}
+        return cls.from_parts(spec, None, None, base, bias, dtype)
+
     def factors(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(A, B) as stored (dequantised), or None at rank 0."""
         if self.rank == 0:
