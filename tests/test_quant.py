@@ -288,11 +288,11 @@ def test_gptq_base_in_the_pipeline_beats_rtn_base():
         build_config("svd_llm", base_method="gptq")
 
 
-@pytest.mark.parametrize("bits", BASE_BITS)
+@pytest.mark.parametrize("bits", [b for b in BASE_BITS if b])  # 0 = no base
 def test_a_base_alone_runs_as_its_dequantised_weight(bits):
-    W, b, x = torch.randn(24, 40), torch.randn(24), torch.randn(3, 40)
-    base = QuantMatrix.from_float(W, bits, 16, "w")
+    W, b, x = torch.randn(24, 64), torch.randn(24), torch.randn(3, 64)
+    base = QuantMatrix.from_float(W, bits, 32, "w")
     layer = QuantLowRankLinear.base_only(base, b, torch.float32)
-    assert layer.rank == 0 and layer.stored_bits() == layer_bits(24, 40, 0, 16, bits, 16)
+    assert layer.rank == 0 and layer.stored_bits() == layer_bits(24, 64, 0, 16, bits, 32)
     # the integer kernels take bf16 activations
     torch.testing.assert_close(layer(x), x @ base.dequantize(torch.float32).T + b, rtol=2e-2, atol=0.1)
