@@ -219,7 +219,7 @@ def block_output_fisher(model, batches: torch.Tensor, progress: bool = True) -> 
             z = out[0] if isinstance(out, tuple) else out
 
             def fold(g):
-                s = g.float().square().sum(tuple(range(g.dim() - 1)), dtype=torch.float64)
+                s = _squared_sums([g])
                 acc[b] = s if b not in acc else acc[b] + s
             z.register_hook(fold)
         return hook
